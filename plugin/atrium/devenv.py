@@ -1,0 +1,314 @@
+"""The local, embedded environment behind ``make run`` and ``make test``.
+
+A private PostgreSQL cluster in the data directory and an Orthanc process loading
+Atrium. Production runs neither: it points ``ATRIUM_DATABASE_URL`` at its own
+PostgreSQL and runs the ``orthancteam/orthanc`` image. The test suite uses the
+same classes, so what the tests start is what ``make run`` starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+POSTGRES_BIN_CANDIDATES = [Path("/usr/lib/postgresql/15/bin"), Path("/usr/lib/postgresql/16/bin")]
+DEFAULT_PG_PORT = 5499
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _postgres_bin(tool: str) -> str:
+    for candidate in POSTGRES_BIN_CANDIDATES:
+        if (candidate / tool).exists():
+            return str(candidate / tool)
+    found = shutil.which(tool)
+    if not found:
+        raise RuntimeError(f"PostgreSQL's {tool} is not installed (apt-get install postgresql)")
+    return found
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout: float, interval: float = 0.1, what: str = "condition"
+) -> None:
+    """Poll ``condition`` until it is true; raise ``TimeoutError`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():
+                return
+        except Exception:  # noqa: BLE001, S110 - a failing probe means "not yet"
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class LocalCluster:
+    """A private PostgreSQL cluster under ``<data_dir>/postgres``.
+
+    PostgreSQL refuses to run as root, so when we are root the cluster belongs to
+    the ``postgres`` system user and every server command runs as that user.
+    The superuser is ``atrium`` with a random password kept in
+    ``<data_dir>/postgres.password`` (mode 0600); the server listens on loopback only.
+    """
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir)
+        self.pgdata = self.data_dir / "postgres"
+        self.password_file = self.data_dir / "postgres.password"
+        self.port = port or int(os.environ.get("ATRIUM_PG_PORT", DEFAULT_PG_PORT))
+        self.user = "atrium"
+
+    # -- identity ---------------------------------------------------------------
+    @property
+    def _as_other_user(self) -> str | None:
+        return "postgres" if os.geteuid() == 0 else None
+
+    def _run(self, args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        if self._as_other_user:
+            args = ["runuser", "-u", self._as_other_user, "--", *args]
+        return subprocess.run(args, check=True, text=True, capture_output=True, **kwargs)
+
+    def password(self) -> str:
+        if not self.password_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.password_file.write_text(secrets.token_urlsafe(24))
+            self.password_file.chmod(0o600)
+        return self.password_file.read_text().strip()
+
+    def url(self, database: str) -> str:
+        return f"postgresql://{self.user}:{self.password()}@127.0.0.1:{self.port}/{database}"
+
+    # -- lifecycle --------------------------------------------------------------
+    def initialized(self) -> bool:
+        return (self.pgdata / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        """Create the cluster once; later calls do nothing."""
+        if self.initialized():
+            return
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        pwfile = self.data_dir / ".initdb-pw"
+        pwfile.write_text(self.password())
+        try:
+            if self._as_other_user:
+                owner = pwd.getpwnam(self._as_other_user)
+                os.chown(self.pgdata, owner.pw_uid, owner.pw_gid)
+                os.chown(pwfile, owner.pw_uid, owner.pw_gid)
+                self._check_reachable()
+            self.pgdata.chmod(0o700)
+            self._run([
+                _postgres_bin("initdb"), "-D", str(self.pgdata), "-U", self.user,
+                f"--pwfile={pwfile}", "--auth=scram-sha-256", "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ])
+        finally:
+            pwfile.unlink(missing_ok=True)
+        with (self.pgdata / "postgresql.conf").open("a") as conf:
+            conf.write(
+                "\n# Atrium's private cluster\n"
+                "listen_addresses = '127.0.0.1'\n"
+                f"unix_socket_directories = ''\n"
+                "max_connections = 200\n"
+                "shared_buffers = 256MB\n"
+                "fsync = on\n"
+                "synchronous_commit = on\n"
+                "logging_collector = off\n"
+            )
+
+    def _check_reachable(self) -> None:
+        """As root, the ``postgres`` user must be able to reach the data directory."""
+        probe = subprocess.run(
+            ["runuser", "-u", "postgres", "--", "test", "-w", str(self.pgdata)],
+            check=False,
+        )
+        if probe.returncode != 0:
+            raise RuntimeError(
+                f"the postgres system user cannot write {self.pgdata}: set ATRIUM_DATA_DIR "
+                "to a directory outside /root (or make its parents traversable)"
+            )
+
+    def is_running(self) -> bool:
+        result = subprocess.run(
+            [_postgres_bin("pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-q"],
+            check=False,
+        )
+        return result.returncode == 0
+
+    def start(self, timeout: float = 60) -> None:
+        if self.is_running():
+            return
+        logfile = self.data_dir / "postgres.log"
+        logfile.touch()
+        if self._as_other_user:
+            owner = pwd.getpwnam(self._as_other_user)
+            os.chown(logfile, owner.pw_uid, owner.pw_gid)
+        self._run([
+            _postgres_bin("pg_ctl"), "-D", str(self.pgdata), "-l", str(logfile),
+            "-o", f"-p {self.port}", "-w", "-t", str(int(timeout)), "start",
+        ])
+        wait_until(self.is_running, timeout, what="PostgreSQL to accept connections")
+
+    def stop(self, mode: str = "fast") -> None:
+        if not self.initialized():
+            return
+        subprocess.run(
+            (["runuser", "-u", "postgres", "--"] if self._as_other_user else [])
+            + [_postgres_bin("pg_ctl"), "-D", str(self.pgdata), "-m", mode, "-w", "stop"],
+            check=False, capture_output=True,
+        )
+
+    def ensure_database(self, name: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if exists.fetchone() is None:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def drop_database(self, name: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+
+
+def orthanc_config(
+    *,
+    base: Mapping[str, Any],
+    data_dir: Path,
+    cluster: LocalCluster,
+    index_database: str,
+    http_port: int,
+    dicom_port: int,
+    aet: str,
+    atrium: Mapping[str, Any],
+    python_script: Path,
+    with_atrium: bool = True,
+    bind_loopback: bool = True,
+) -> dict[str, Any]:
+    """Orthanc's full configuration for the local environment, derived from ``base``
+    (``orthanc-config/orthanc.json``): storage in the data directory, the index in
+    the private cluster, the plugins, Atrium's section. ``with_atrium=False`` gives
+    the same Orthanc without Atrium, the baseline of the benchmarks."""
+    config = dict(base)
+    storage = data_dir / "orthanc" / "storage"
+    storage.mkdir(parents=True, exist_ok=True)
+    plugins = ["/usr/share/orthanc/plugins/libOrthancPostgreSQLIndex.so",
+               "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"]
+    if with_atrium:
+        plugins.append("/usr/share/orthanc/plugins/libOrthancPython.so")
+        config["PythonScript"] = str(python_script)
+        config["PythonVerbose"] = False
+    config.update({
+        "Name": f"Atrium {aet}",
+        "StorageDirectory": str(storage),
+        "IndexDirectory": str(storage),
+        "Plugins": plugins,
+        "HttpPort": http_port,
+        "DicomPort": dicom_port,
+        "DicomAet": aet,
+        "PostgreSQL": {
+            "EnableIndex": True,
+            "EnableStorage": False,
+            "Host": "127.0.0.1",
+            "Port": cluster.port,
+            "Database": index_database,
+            "Username": cluster.user,
+            "Password": cluster.password(),
+            "Lock": False,
+        },
+    })
+    if bind_loopback:
+        # Orthanc 1.10 has no listen-address option; loopback-only is enforced by
+        # refusing remote HTTP access and keeping DICOM peers explicit.
+        config["RemoteAccessAllowed"] = False
+    section = dict(config.get("Atrium") or {})
+    section.update(atrium)
+    section.setdefault("DataDir", str(data_dir))
+    config["Atrium"] = section
+    return config
+
+
+class OrthancProcess:
+    """One Orthanc process started from a configuration file we write."""
+
+    def __init__(self, workdir: Path, config: Mapping[str, Any],
+                 env: Mapping[str, str] | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.config = dict(config)
+        self.env = dict(os.environ if env is None else env)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.logfile = self.workdir / "orthanc.log"
+
+    @property
+    def http_port(self) -> int:
+        return int(self.config["HttpPort"])
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, timeout: float = 60) -> None:
+        import json
+
+        import requests
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config_path = self.workdir / "orthanc.json"
+        config_path.write_text(json.dumps(self.config, indent=2))
+        config_path.chmod(0o600)
+        log_handle = self.logfile.open("ab")
+        self.proc = subprocess.Popen(
+            ["Orthanc", str(config_path)], stdout=log_handle, stderr=subprocess.STDOUT,
+            env=self.env, cwd=self.workdir, start_new_session=True,
+        )
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"Orthanc exited with code {self.proc.returncode}; see {self.logfile}")
+            return requests.get(f"{self.url}/system", timeout=2).status_code in (200, 401, 403)
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if ready():
+                    return
+            except RuntimeError:
+                raise
+            except Exception:  # noqa: BLE001, S110 - not listening yet
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"Orthanc did not start within {timeout}s; see {self.logfile}")
+            time.sleep(0.1)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """``kill -9``: no clean-up, no flush, exactly like a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

@@ -1,0 +1,273 @@
+"""Atrium's settings: read once from the Orthanc configuration's ``Atrium`` section,
+overridden by environment variables of the same meaning, validated, frozen.
+
+A wrong or missing setting raises :class:`SettingsError` whose message is one line
+naming the setting, so start-up can stop with exactly that line.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+__all__ = ["Settings", "SettingsError", "load_settings"]
+
+
+class SettingsError(ValueError):
+    """A setting is missing or wrong; the message names it in one line."""
+
+
+_AET_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
+
+# setting name -> key in the ``Atrium`` configuration section
+_CONFIG_KEYS: dict[str, str] = {
+    "ATRIUM_DATA_DIR": "DataDir",
+    "ATRIUM_DATABASE_URL": "DatabaseUrl",
+    "ATRIUM_STORAGE_URL": "StorageUrl",
+    "ATRIUM_S3_ENDPOINT": "S3Endpoint",
+    "ATRIUM_S3_ACCESS_KEY": "S3AccessKey",
+    "ATRIUM_S3_SECRET_KEY": "S3SecretKey",
+    "ATRIUM_S3_SECURE": "S3Secure",
+    "ATRIUM_OIDC_ISSUER": "OidcIssuer",
+    "ATRIUM_OIDC_AUDIENCE": "OidcAudience",
+    "ATRIUM_ORG_CLAIM": "OrganizationClaim",
+    "ATRIUM_DEFAULT_ORGANIZATION": "DefaultOrganization",
+    "ATRIUM_AET_ORGANIZATIONS": "AetOrganizations",
+    "ATRIUM_ORTHANC_URL": "OrthancUrl",
+    "ATRIUM_MIRROR_BATCH_SIZE": "MirrorBatchSize",
+    "ATRIUM_MIRROR_POLL_SECONDS": "MirrorPollSeconds",
+    "ATRIUM_MIRROR_FULL_CHECK_SECONDS": "MirrorFullCheckSeconds",
+}
+
+# Orthanc's own listeners live at the top level of its configuration.
+_ORTHANC_KEYS: dict[str, str] = {
+    "ORTHANC_HTTP_PORT": "HttpPort",
+    "ORTHANC_DICOM_PORT": "DicomPort",
+    "ORTHANC_AET": "DicomAet",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every Atrium setting, validated. See SPEC §3 and ``docs/CONFIGURATION.md``."""
+
+    data_dir: Path
+    database_url: str
+    storage_url: str
+    s3_endpoint: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_secure: bool = True
+    oidc_issuer: str | None = None
+    oidc_audience: str = "atrium"
+    org_claim: str = "organization"
+    default_organization: str = "Default"
+    aet_organizations: Mapping[str, str] = field(default_factory=dict)
+    orthanc_http_port: int = 8042
+    orthanc_dicom_port: int = 4242
+    orthanc_aet: str = "ATRIUM"
+    orthanc_url: str = "http://127.0.0.1:8042"
+    mirror_batch_size: int = 500
+    mirror_poll_seconds: float = 5.0
+    mirror_full_check_seconds: float = 3600.0
+
+    def organization_for_aet(self, calling_aet: str | None) -> str:
+        """The organization name DICOM from ``calling_aet`` belongs to."""
+        if calling_aet:
+            name = self.aet_organizations.get(calling_aet.strip())
+            if name:
+                return name
+        return self.default_organization
+
+
+def _as_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
+def _parse_int(name: str, raw: str, low: int, high: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _parse_float(name: str, raw: str, low: float, high: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _parse_aet_map(raw: str) -> dict[str, str]:
+    name = "ATRIUM_AET_ORGANIZATIONS"
+    try:
+        parsed = json.loads(raw) if raw.strip() else {}
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{name} must be a JSON object of AE title -> organization: {exc.msg}")\
+            from None
+    if not isinstance(parsed, dict):
+        raise SettingsError(f"{name} must be a JSON object of AE title -> organization")
+    mapping: dict[str, str] = {}
+    for aet, org in parsed.items():
+        if not _AET_RE.match(aet) or not isinstance(org, str) or not org.strip():
+            raise SettingsError(f"{name} has an invalid entry {aet!r}: {org!r}")
+        mapping[aet.strip()] = org.strip()
+    return mapping
+
+
+def _check_storage_url(url: str, s3_endpoint: str | None) -> None:
+    name = "ATRIUM_STORAGE_URL"
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if not parsed.path.startswith("/"):
+            raise SettingsError(f"{name} must be file:///absolute/path, got {url!r}")
+    elif parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise SettingsError(f"{name} must name a bucket: s3://bucket, got {url!r}")
+        if not s3_endpoint:
+            raise SettingsError("ATRIUM_S3_ENDPOINT is required when ATRIUM_STORAGE_URL is s3://")
+    else:
+        raise SettingsError(f"{name} must start with file:// or s3://, got {url!r}")
+
+
+def _check_http_url(name: str, url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in {"http", "https"} or not parsed.netloc:
+        raise SettingsError(f"{name} must be an http(s) URL, got {url!r}")
+
+
+def default_database_url(data_dir: Path) -> str:
+    """The libpq URL of the private cluster that ``make run`` keeps under ``data_dir``."""
+    from atrium.devenv import LocalCluster  # local import: devenv is not needed in production
+
+    return LocalCluster(data_dir).url("atrium")
+
+
+def load_settings(
+    orthanc_config: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Build :class:`Settings` from Orthanc's configuration and the environment.
+
+    Parameters
+    ----------
+    orthanc_config:
+        The whole Orthanc configuration (its ``Atrium`` section and the top-level
+        ``HttpPort``/``DicomPort``/``DicomAet`` are read). ``None`` means empty.
+    environ:
+        Environment variables; default ``os.environ``. A variable overrides the
+        configuration entry of the same meaning.
+    cwd:
+        Where a relative ``ATRIUM_DATA_DIR`` is resolved; default the process's.
+
+    Raises
+    ------
+    SettingsError
+        With one line naming the wrong or missing setting.
+    """
+    config = dict(orthanc_config or {})
+    section = config.get("Atrium") or {}
+    if not isinstance(section, dict):
+        raise SettingsError("the Atrium configuration section must be a JSON object")
+    env = os.environ if environ is None else environ
+
+    def raw(name: str) -> str | None:
+        if env.get(name) not in (None, ""):
+            return env[name]
+        if name in _CONFIG_KEYS and section.get(_CONFIG_KEYS[name]) is not None:
+            return _as_text(section[_CONFIG_KEYS[name]])
+        if name in _ORTHANC_KEYS and config.get(_ORTHANC_KEYS[name]) is not None:
+            return _as_text(config[_ORTHANC_KEYS[name]])
+        return None
+
+    base = cwd or Path.cwd()
+    data_dir = Path(raw("ATRIUM_DATA_DIR") or "./.data")
+    if not data_dir.is_absolute():
+        data_dir = (base / data_dir).resolve()
+
+    database_url = raw("ATRIUM_DATABASE_URL") or default_database_url(data_dir)
+    if not database_url.startswith(("postgresql://", "postgres://")) and "=" not in database_url:
+        raise SettingsError(
+            f"ATRIUM_DATABASE_URL must be a libpq URL (postgresql://...), got {database_url!r}"
+        )
+
+    s3_endpoint = raw("ATRIUM_S3_ENDPOINT")
+    storage_url = raw("ATRIUM_STORAGE_URL") or f"file://{data_dir / 'objects'}"
+    _check_storage_url(storage_url, s3_endpoint)
+
+    issuer = raw("ATRIUM_OIDC_ISSUER")
+    if issuer:
+        _check_http_url("ATRIUM_OIDC_ISSUER", issuer)
+
+    http_port = _parse_int("ORTHANC_HTTP_PORT", raw("ORTHANC_HTTP_PORT") or "8042", 1, 65535)
+    dicom_port = _parse_int("ORTHANC_DICOM_PORT", raw("ORTHANC_DICOM_PORT") or "4242", 1, 65535)
+    aet = raw("ORTHANC_AET") or "ATRIUM"
+    if not _AET_RE.match(aet):
+        raise SettingsError(f"ORTHANC_AET must be 1-16 printable ASCII characters, got {aet!r}")
+
+    orthanc_url = raw("ATRIUM_ORTHANC_URL") or f"http://127.0.0.1:{http_port}"
+    _check_http_url("ATRIUM_ORTHANC_URL", orthanc_url)
+
+    default_org = (raw("ATRIUM_DEFAULT_ORGANIZATION") or "Default").strip()
+    if not default_org or len(default_org) > 255:
+        raise SettingsError("ATRIUM_DEFAULT_ORGANIZATION must be 1-255 characters")
+
+    audience = raw("ATRIUM_OIDC_AUDIENCE") or "atrium"
+    org_claim = raw("ATRIUM_ORG_CLAIM") or "organization"
+
+    return Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        storage_url=storage_url,
+        s3_endpoint=s3_endpoint,
+        s3_access_key=raw("ATRIUM_S3_ACCESS_KEY"),
+        s3_secret_key=raw("ATRIUM_S3_SECRET_KEY"),
+        s3_secure=_parse_bool("ATRIUM_S3_SECURE", raw("ATRIUM_S3_SECURE") or "true"),
+        oidc_issuer=issuer,
+        oidc_audience=audience,
+        org_claim=org_claim,
+        default_organization=default_org,
+        aet_organizations=_parse_aet_map(raw("ATRIUM_AET_ORGANIZATIONS") or "{}"),
+        orthanc_http_port=http_port,
+        orthanc_dicom_port=dicom_port,
+        orthanc_aet=aet,
+        orthanc_url=orthanc_url.rstrip("/"),
+        mirror_batch_size=_parse_int(
+            "ATRIUM_MIRROR_BATCH_SIZE", raw("ATRIUM_MIRROR_BATCH_SIZE") or "500", 1, 10000
+        ),
+        mirror_poll_seconds=_parse_float(
+            "ATRIUM_MIRROR_POLL_SECONDS", raw("ATRIUM_MIRROR_POLL_SECONDS") or "5", 0.05, 3600
+        ),
+        mirror_full_check_seconds=_parse_float(
+            "ATRIUM_MIRROR_FULL_CHECK_SECONDS",
+            raw("ATRIUM_MIRROR_FULL_CHECK_SECONDS") or "3600",
+            1,
+            7 * 86400,
+        ),
+    )

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Install what `make run` and `make test` need, once; quick when already done.
+#   - Debian packages: Orthanc and its plugins, PostgreSQL, dcmtk
+#   - a venv made from the interpreter libOrthancPython.so links against,
+#     holding Atrium and its dependencies (and the test tools with --test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+packages=(orthanc orthanc-python orthanc-dicomweb orthanc-postgresql postgresql dcmtk python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "atrium: installing Debian packages: ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+  # Debian's orthanc and postgresql packages start system services on install;
+  # Atrium runs its own processes, so keep those services down while installing.
+  policy=/usr/sbin/policy-rc.d
+  created_policy=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee "$policy" >/dev/null
+    "${sudo_cmd[@]}" chmod +x "$policy"; created_policy=1
+  fi
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  [ $created_policy -eq 1 ] && "${sudo_cmd[@]}" rm -f "$policy"
+fi
+
+# The interpreter Orthanc embeds: the libpython that libOrthancPython.so links to.
+plugin_so=$(ls /usr/lib/orthanc/libOrthancPython.so* /usr/share/orthanc/plugins/libOrthancPython.so 2>/dev/null | head -n1)
+libpython=$(ldd "$plugin_so" | awk '/libpython3/ {print $1; exit}')
+pyver=$(echo "$libpython" | sed -E 's/libpython(3\.[0-9]+).*/\1/')
+python="/usr/bin/python${pyver}"
+[ -x "$python" ] || { echo "atrium: $python (embedded by Orthanc) is missing" >&2; exit 1; }
+
+venv=.venv
+stamp="$venv/.atrium-installed"
+extras="dev"
+[ $want_test -eq 1 ] && extras="test,dev"
+if [ ! -x "$venv/bin/python" ] || [ "$("$venv/bin/python" -c 'import sys; print(sys.base_prefix)')" != "/usr" ]; then
+  rm -rf "$venv"
+  "$python" -m venv "$venv"
+fi
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || ! grep -qx "$extras" "$stamp"; then
+  "$venv/bin/pip" install -q --upgrade pip
+  "$venv/bin/pip" install -q -e ".[$extras]"
+  echo "$extras" > "$stamp"
+fi
