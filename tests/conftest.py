@@ -6,6 +6,7 @@ Integration fixtures (Orthanc with Atrium, the S3 server, the OIDC issuer) live 
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import tempfile
@@ -16,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from atrium.devenv import LocalCluster
+
+pytest_plugins = ["tests.integration.s3server"]
 
 
 def free_port() -> int:
@@ -32,7 +35,8 @@ def workspace() -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix="atrium-test-"))
     path.chmod(0o755)
     yield path
-    shutil.rmtree(path, ignore_errors=True)
+    if not os.environ.get("ATRIUM_KEEP_TEST_DATA"):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -118,7 +118,7 @@ class LocalCluster:
             conf.write(
                 "\n# Atrium's private cluster\n"
                 "listen_addresses = '127.0.0.1'\n"
-                f"unix_socket_directories = ''\n"
+                "unix_socket_directories = ''\n"
                 "max_connections = 200\n"
                 "shared_buffers = 256MB\n"
                 "fsync = on\n"
@@ -280,7 +280,8 @@ class OrthancProcess:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
-                    f"Orthanc exited with code {self.proc.returncode}; see {self.logfile}")
+                    f"Orthanc exited with code {self.proc.returncode}; the end of "
+                    f"{self.logfile}:\n{self.log_tail()}")
             return requests.get(f"{self.url}/system", timeout=2).status_code in (200, 401, 403)
 
         deadline = time.monotonic() + timeout
@@ -296,6 +297,13 @@ class OrthancProcess:
                 self.stop()
                 raise TimeoutError(f"Orthanc did not start within {timeout}s; see {self.logfile}")
             time.sleep(0.1)
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.logfile.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 30) -> None:
         if self.proc is None or self.proc.poll() is not None:

@@ -91,7 +91,7 @@ def apply_migrations(database_url: str, directory: Path | None = None) -> list[s
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(_CREATE_TABLE)
-            done = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            done: dict[int, str] = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
             for migration in migrations:
                 recorded = done.get(migration.version)
                 if recorded is not None:
@@ -106,7 +106,8 @@ def apply_migrations(database_url: str, directory: Path | None = None) -> list[s
             if unknown:
                 log.warning("the database has migrations this Atrium does not know: %s "
                             "(is an older version running?)", unknown)
-            if conn.execute("SELECT to_regproc('atrium_ensure_partitions')").fetchone()[0]:
+            ensure = conn.execute("SELECT to_regproc('atrium_ensure_partitions')").fetchone()
+            if ensure and ensure[0]:
                 conn.execute("SELECT atrium_ensure_partitions()")
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))

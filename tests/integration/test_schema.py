@@ -20,9 +20,17 @@ DATA_MODEL = Path(__file__).resolve().parents[1] / "data" / "data_model.md"
 
 # The data model's type names, as PostgreSQL's format_type() spells them.
 _TYPES = {
-    "UUID": "uuid", "TIMESTAMPTZ": "timestamp with time zone", "JSONB": "jsonb",
-    "TEXT": "text", "DATE": "date", "TIME": "time without time zone", "INTEGER": "integer",
-    "BIGINT": "bigint", "BOOLEAN": "boolean", "FLOAT": "double precision", "INET": "inet",
+    "UUID": "uuid",
+    "TIMESTAMPTZ": "timestamp with time zone",
+    "JSONB": "jsonb",
+    "TEXT": "text",
+    "DATE": "date",
+    "TIME": "time without time zone",
+    "INTEGER": "integer",
+    "BIGINT": "bigint",
+    "BOOLEAN": "boolean",
+    "FLOAT": "double precision",
+    "INET": "inet",
     "BYTEA": "bytea",
 }
 
@@ -42,8 +50,9 @@ def parse_data_model() -> dict[str, dict[str, Any]]:
         heading = re.match(r"^### (\w+)", line)
         if heading:
             name = heading.group(1)
-            current = tables.setdefault(name, {"columns": {}, "indexes": []}) \
-                if name.islower() else None
+            current = (
+                tables.setdefault(name, {"columns": {}, "indexes": []}) if name.islower() else None
+            )
             continue
         if current is None:
             continue
@@ -85,27 +94,46 @@ def schema(pg_cluster: Any) -> Any:
 
 def test_the_data_model_was_parsed() -> None:
     assert set(MODEL) == {
-        "organizations", "users", "patients", "studies", "series", "instances", "slides",
-        "annotations", "ml_models", "predictions", "audit_log", "recordings", "signal_segments"}
+        "organizations",
+        "users",
+        "patients",
+        "studies",
+        "series",
+        "instances",
+        "slides",
+        "annotations",
+        "ml_models",
+        "predictions",
+        "audit_log",
+        "recordings",
+        "signal_segments",
+    }
     assert sum(len(t["columns"]) for t in MODEL.values()) > 150
 
 
 @pytest.mark.parametrize("table", sorted(MODEL))
 def test_every_column_of_the_data_model_exists_with_its_type(schema: Any, table: str) -> None:
-    live = dict(schema.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
-        (table,)).fetchall())
+    live = dict(
+        schema.execute(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+            (table,),
+        ).fetchall()
+    )
     expected = {column: postgres_type(t) for column, t in MODEL[table]["columns"].items()}
     wrong = {c: (t, live.get(c)) for c, t in expected.items() if live.get(c) != t}
     assert not wrong, f"{table}: column (expected type, live type): {wrong}"
 
 
 def index_definitions(conn: Any, table: str) -> list[tuple[str, str, bool]]:
-    return [(name, definition, unique) for name, definition, unique in conn.execute(
-        "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisunique FROM pg_index i "
-        "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass",
-        (table,)).fetchall()]
+    return [
+        (name, definition, unique)
+        for name, definition, unique in conn.execute(
+            "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisunique FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass",
+            (table,),
+        ).fetchall()
+    ]
 
 
 def index_columns(definition: str) -> str:
@@ -122,14 +150,22 @@ def test_every_index_of_the_data_model_exists(schema: Any, table: str) -> None:
         unique = item.endswith(" unique")
         partial = " WHERE " in item
         columns = item.removesuffix(" unique").split(" WHERE ")[0].strip("() ")
-        found = [(n, d) for n, d, u in live
-                 if index_columns(d).startswith(columns) and (u or not unique)
-                 and ((" WHERE " in d) == partial)]
+        found = [
+            (n, d)
+            for n, d, u in live
+            if index_columns(d).startswith(columns)
+            and (u or not unique)
+            and ((" WHERE " in d) == partial)
+        ]
         assert found, f"{table}: no index on ({columns}){' unique' if unique else ''} in {live}"
 
 
 NAMED_INDEXES = {
-    "idx_studies_description_fts": ("studies", "gin", "to_tsvector('english'::regconfig, study_description)"),
+    "idx_studies_description_fts": (
+        "studies",
+        "gin",
+        "to_tsvector('english'::regconfig, study_description)",
+    ),
     "idx_patients_name_fts": ("patients", "gin", "to_tsvector('english'::regconfig"),
     "idx_studies_patient_date": ("studies", "btree", "(patient_id, study_date DESC)"),
     "idx_predictions_model_created": ("predictions", "btree", "(model_id, created_at DESC)"),
@@ -143,23 +179,35 @@ def test_the_named_indexes_of_the_data_model(schema: Any, name: str) -> None:
     table, method, fragment = NAMED_INDEXES[name]
     definitions = {n: d for n, d, _ in index_definitions(schema, table)}
     assert name in definitions, f"{name} missing on {table}"
-    assert f"USING {method}" in definitions[name] and fragment in definitions[name], \
-        definitions[name]
+    assert f"USING {method}" in definitions[name] and fragment in definitions[name], definitions[
+        name
+    ]
 
 
 def test_full_text_search_on_patient_names_uses_the_index_and_finds_last_name_only(
-        schema: Any) -> None:
-    org = schema.execute("INSERT INTO organizations (name) VALUES ('fts') RETURNING id").fetchone()[0]
-    schema.execute("INSERT INTO patients (organization_id, patient_id, last_name) "
-                   "VALUES (%s, 'FTS-1', 'Fitzgerald')", (org,))
+    schema: Any,
+) -> None:
+    org = schema.execute("INSERT INTO organizations (name) VALUES ('fts') RETURNING id").fetchone()[
+        0
+    ]
+    schema.execute(
+        "INSERT INTO patients (organization_id, patient_id, last_name) "
+        "VALUES (%s, 'FTS-1', 'Fitzgerald')",
+        (org,),
+    )
     found = schema.execute(
         "SELECT patient_id FROM patients WHERE to_tsvector('english', coalesce(first_name, '') "
-        "|| ' ' || coalesce(last_name, '')) @@ plainto_tsquery('english', 'fitzgerald')").fetchall()
+        "|| ' ' || coalesce(last_name, '')) @@ plainto_tsquery('english', 'fitzgerald')"
+    ).fetchall()
     assert found == [("FTS-1",)]
     schema.execute("SET enable_seqscan = off")
-    plan = "\n".join(r[0] for r in schema.execute(
-        "EXPLAIN SELECT id FROM patients WHERE to_tsvector('english', coalesce(first_name, '') "
-        "|| ' ' || coalesce(last_name, '')) @@ plainto_tsquery('english', 'x')").fetchall())
+    plan = "\n".join(
+        r[0]
+        for r in schema.execute(
+            "EXPLAIN SELECT id FROM patients WHERE to_tsvector('english', coalesce(first_name, '') "
+            "|| ' ' || coalesce(last_name, '')) @@ plainto_tsquery('english', 'x')"
+        ).fetchall()
+    )
     schema.execute("RESET enable_seqscan")
     assert "idx_patients_name_fts" in plan
 
@@ -184,63 +232,99 @@ FOREIGN_KEYS = {
 
 @pytest.mark.parametrize(("table", "column"), sorted(FOREIGN_KEYS))
 def test_relations_are_foreign_keys(schema: Any, table: str, column: str) -> None:
-    targets = [r[0] for r in schema.execute(
-        "SELECT c.confrelid::regclass::text FROM pg_constraint c "
-        "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
-        "WHERE c.contype = 'f' AND c.conrelid = %s::regclass AND a.attname = %s",
-        (table, column)).fetchall()]
+    targets = [
+        r[0]
+        for r in schema.execute(
+            "SELECT c.confrelid::regclass::text FROM pg_constraint c "
+            "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = ANY(c.conkey) "
+            "WHERE c.contype = 'f' AND c.conrelid = %s::regclass AND a.attname = %s",
+            (table, column),
+        ).fetchall()
+    ]
     assert FOREIGN_KEYS[(table, column)] in targets
 
 
 def test_unique_keys(schema: Any) -> None:
-    org = schema.execute("INSERT INTO organizations (name) VALUES ('uniq') RETURNING id").fetchone()[0]
-    other = schema.execute("INSERT INTO organizations (name) VALUES ('uniq2') RETURNING id").fetchone()[0]
-    schema.execute("INSERT INTO patients (organization_id, patient_id) VALUES (%s, 'M1'), (%s, 'M1')",
-                   (org, other))  # one MRN in two organizations: two patients
+    org = schema.execute(
+        "INSERT INTO organizations (name) VALUES ('uniq') RETURNING id"
+    ).fetchone()[0]
+    other = schema.execute(
+        "INSERT INTO organizations (name) VALUES ('uniq2') RETURNING id"
+    ).fetchone()[0]
+    schema.execute(
+        "INSERT INTO patients (organization_id, patient_id) VALUES (%s, 'M1'), (%s, 'M1')",
+        (org, other),
+    )  # one MRN in two organizations: two patients
     with pytest.raises(psycopg.errors.UniqueViolation):
-        schema.execute("INSERT INTO patients (organization_id, patient_id) VALUES (%s, 'M1')", (org,))
+        schema.execute(
+            "INSERT INTO patients (organization_id, patient_id) VALUES (%s, 'M1')", (org,)
+        )
     with pytest.raises(psycopg.errors.UniqueViolation):
         schema.execute("INSERT INTO organizations (name) VALUES ('uniq')")
-    schema.execute("INSERT INTO ml_models (model_name, model_version, model_type) "
-                   "VALUES ('m', '1', 'classification')")
+    schema.execute(
+        "INSERT INTO ml_models (model_name, model_version, model_type) "
+        "VALUES ('m', '1', 'classification')"
+    )
     with pytest.raises(psycopg.errors.UniqueViolation):
-        schema.execute("INSERT INTO ml_models (model_name, model_version, model_type) "
-                       "VALUES ('m', '1', 'detection')")
+        schema.execute(
+            "INSERT INTO ml_models (model_name, model_version, model_type) "
+            "VALUES ('m', '1', 'detection')"
+        )
 
 
 def test_patient_id_hash_is_kept_from_the_mrn(schema: Any) -> None:
-    org = schema.execute("INSERT INTO organizations (name) VALUES ('hash') RETURNING id").fetchone()[0]
-    pid = schema.execute("INSERT INTO patients (organization_id, patient_id) VALUES (%s, 'MRN-ü') "
-                         "RETURNING id", (org,)).fetchone()[0]
+    org = schema.execute(
+        "INSERT INTO organizations (name) VALUES ('hash') RETURNING id"
+    ).fetchone()[0]
+    pid = schema.execute(
+        "INSERT INTO patients (organization_id, patient_id) VALUES (%s, 'MRN-ü') RETURNING id",
+        (org,),
+    ).fetchone()[0]
 
     def stored() -> str:
-        return schema.execute("SELECT patient_id_hash FROM patients WHERE id = %s", (pid,)).fetchone()[0]
+        return schema.execute(
+            "SELECT patient_id_hash FROM patients WHERE id = %s", (pid,)
+        ).fetchone()[0]
 
     assert stored() == hashlib.sha256("MRN-ü".encode()).hexdigest()
-    schema.execute("UPDATE patients SET patient_id = 'MRN-2', patient_id_hash = 'forged' WHERE id = %s", (pid,))
+    schema.execute(
+        "UPDATE patients SET patient_id = 'MRN-2', patient_id_hash = 'forged' WHERE id = %s", (pid,)
+    )
     assert stored() == hashlib.sha256(b"MRN-2").hexdigest()
 
 
 @pytest.mark.parametrize("table", sorted(t for t in MODEL if "updated_at" in MODEL[t]["columns"]))
 def test_updated_at_follows_every_update(schema: Any, table: str) -> None:
-    triggers = [r[0] for r in schema.execute(
-        "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal "
-        "AND tgfoid = 'atrium_set_updated_at'::regproc", (table,)).fetchall()]
+    triggers = [
+        r[0]
+        for r in schema.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal "
+            "AND tgfoid = 'atrium_set_updated_at'::regproc",
+            (table,),
+        ).fetchall()
+    ]
     assert triggers, f"{table} has no updated_at trigger"
 
 
 def test_updated_at_changes_on_update(schema: Any) -> None:
-    org = schema.execute("INSERT INTO organizations (name, updated_at) VALUES ('upd', now() - "
-                         "interval '1 day') RETURNING id").fetchone()[0]
+    org = schema.execute(
+        "INSERT INTO organizations (name, updated_at) VALUES ('upd', now() - "
+        "interval '1 day') RETURNING id"
+    ).fetchone()[0]
     schema.execute("UPDATE organizations SET email = 'a@b.c' WHERE id = %s", (org,))
-    age = schema.execute("SELECT now() - updated_at FROM organizations WHERE id = %s", (org,)).fetchone()[0]
+    age = schema.execute(
+        "SELECT now() - updated_at FROM organizations WHERE id = %s", (org,)
+    ).fetchone()[0]
     assert age.total_seconds() < 60
 
 
 def test_audit_log_is_append_only(schema: Any) -> None:
     schema.execute("INSERT INTO audit_log (action, phi_accessed) VALUES ('read', true)")
-    for statement in ("UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log",
-                      "TRUNCATE audit_log"):
+    for statement in (
+        "UPDATE audit_log SET action = 'x'",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="append-only"):
             schema.execute(statement)
     assert schema.execute("SELECT count(*) FROM audit_log WHERE action = 'read'").fetchone()[0] == 1
@@ -248,56 +332,109 @@ def test_audit_log_is_append_only(schema: Any) -> None:
 
 @pytest.mark.parametrize("table", ["audit_log", "recordings", "signal_segments"])
 def test_time_tables_are_partitioned_by_month_ahead_of_time(schema: Any, table: str) -> None:
-    hypertable = schema.execute(
-        "SELECT atrium_uses_timescaledb()").fetchone()[0]
+    hypertable = schema.execute("SELECT atrium_uses_timescaledb()").fetchone()[0]
     if hypertable:  # production path; this machine has no TimescaleDB
         pytest.skip("TimescaleDB present: chunks are created on demand")
-    assert schema.execute("SELECT relkind FROM pg_class WHERE relname = %s", (table,)).fetchone()[0] == "p"
-    partitions = {r[0] for r in schema.execute(
-        "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
-        "WHERE i.inhparent = %s::regclass", (table,)).fetchall()}
-    months = [r[0] for r in schema.execute(
-        "SELECT to_char(date_trunc('month', now() AT TIME ZONE 'UTC') + make_interval(months => m), "
-        "'\"y\"YYYY\"m\"MM') FROM generate_series(0, 12) m").fetchall()]
+    assert (
+        schema.execute("SELECT relkind FROM pg_class WHERE relname = %s", (table,)).fetchone()[0]
+        == "p"
+    )
+    partitions = {
+        r[0]
+        for r in schema.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = %s::regclass",
+            (table,),
+        ).fetchall()
+    }
+    months = [
+        r[0]
+        for r in schema.execute(
+            "SELECT to_char(date_trunc('month', now() AT TIME ZONE 'UTC') "
+            "+ make_interval(months => m), "
+            '\'"y"YYYY"m"MM\') FROM generate_series(0, 12) m'
+        ).fetchall()
+    ]
     missing = [m for m in months if f"{table}_{m}" not in partitions]
     assert not missing and f"{table}_default" in partitions
 
 
 def test_rows_outside_every_month_land_in_the_default_partition(schema: Any) -> None:
     schema.execute("INSERT INTO audit_log (action, event_time) VALUES ('old', '2001-02-03')")
-    where = schema.execute("SELECT tableoid::regclass::text FROM audit_log WHERE action = 'old'").fetchone()[0]
+    where = schema.execute(
+        "SELECT tableoid::regclass::text FROM audit_log WHERE action = 'old'"
+    ).fetchone()[0]
     assert where == "audit_log_default"
 
 
 def test_expired_audit_months_are_dropped_whole(schema: Any) -> None:
-    schema.execute("CREATE TABLE audit_log_y2001m01 PARTITION OF audit_log "
-                   "FOR VALUES FROM ('2001-01-01') TO ('2001-02-01')")
+    schema.execute(
+        "CREATE TABLE audit_log_y2001m01 PARTITION OF audit_log "
+        "FOR VALUES FROM ('2001-01-01') TO ('2001-02-01')"
+    )
     schema.execute("INSERT INTO audit_log (action, event_time) VALUES ('ancient', '2001-01-15')")
-    assert schema.execute("SELECT atrium_drop_expired_partitions('audit_log', interval '7 years')"
-                          ).fetchone()[0] == 1
-    assert schema.execute("SELECT count(*) FROM audit_log WHERE action = 'ancient'").fetchone()[0] == 0
+    assert (
+        schema.execute(
+            "SELECT atrium_drop_expired_partitions('audit_log', interval '7 years')"
+        ).fetchone()[0]
+        == 1
+    )
+    assert (
+        schema.execute("SELECT count(*) FROM audit_log WHERE action = 'ancient'").fetchone()[0] == 0
+    )
 
 
 def test_signal_segments_need_their_recording(schema: Any) -> None:
-    org = schema.execute("INSERT INTO organizations (name) VALUES ('sig') RETURNING id").fetchone()[0]
+    org = schema.execute("INSERT INTO organizations (name) VALUES ('sig') RETURNING id").fetchone()[
+        0
+    ]
     with pytest.raises(psycopg.errors.ForeignKeyViolation):
-        schema.execute("INSERT INTO signal_segments (recording_id, channel_index, segment_start, "
-                       "segment_end) VALUES (gen_random_uuid(), 0, now(), now())")
-    rec = schema.execute("INSERT INTO recordings (recording_type, organization_id, recording_date) "
-                         "VALUES ('ECG', %s, now()) RETURNING id", (org,)).fetchone()[0]
-    schema.execute("INSERT INTO signal_segments (recording_id, channel_index, segment_start, "
-                   "segment_end) VALUES (%s, 0, now(), now() + interval '10 s')", (rec,))
+        schema.execute(
+            "INSERT INTO signal_segments (recording_id, channel_index, segment_start, "
+            "segment_end) VALUES (gen_random_uuid(), 0, now(), now())"
+        )
+    rec = schema.execute(
+        "INSERT INTO recordings (recording_type, organization_id, recording_date) "
+        "VALUES ('ECG', %s, now()) RETURNING id",
+        (org,),
+    ).fetchone()[0]
+    schema.execute(
+        "INSERT INTO signal_segments (recording_id, channel_index, segment_start, "
+        "segment_end) VALUES (%s, 0, now(), now() + interval '10 s')",
+        (rec,),
+    )
     schema.execute("DELETE FROM recordings WHERE id = %s", (rec,))
-    assert schema.execute("SELECT count(*) FROM signal_segments WHERE recording_id = %s",
-                          (rec,)).fetchone()[0] == 0
+    assert (
+        schema.execute(
+            "SELECT count(*) FROM signal_segments WHERE recording_id = %s", (rec,)
+        ).fetchone()[0]
+        == 0
+    )
 
 
 def test_mirror_state_starts_at_zero_and_jobs_exist(schema: Any) -> None:
-    assert schema.execute("SELECT last_seq FROM mirror_state WHERE name = 'orthanc'").fetchone()[0] == 0
-    columns = {r[0] for r in schema.execute(
-        "SELECT attname FROM pg_attribute WHERE attrelid = 'jobs'::regclass AND attnum > 0")}
-    assert {"kind", "status", "parameters", "progress_done", "progress_total", "result", "error",
-            "created_at", "started_at", "finished_at"} <= columns
+    assert (
+        schema.execute("SELECT last_seq FROM mirror_state WHERE name = 'orthanc'").fetchone()[0]
+        == 0
+    )
+    columns = {
+        r[0]
+        for r in schema.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = 'jobs'::regclass AND attnum > 0"
+        )
+    }
+    assert {
+        "kind",
+        "status",
+        "parameters",
+        "progress_done",
+        "progress_total",
+        "result",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+    } <= columns
 
 
 def test_concurrent_migrators_apply_each_migration_once(empty_database_url: str) -> None:
@@ -332,13 +469,15 @@ def test_an_edited_applied_migration_is_refused(empty_database_url: str, tmp_pat
         apply_migrations(empty_database_url, tmp_path)
 
 
-def test_a_failing_migration_leaves_nothing_half_applied(empty_database_url: str,
-                                                        tmp_path: Path) -> None:
+def test_a_failing_migration_leaves_nothing_half_applied(
+    empty_database_url: str, tmp_path: Path
+) -> None:
     (tmp_path / "0001_ok.sql").write_text("CREATE TABLE a (x int);")
     (tmp_path / "0002_bad.sql").write_text("CREATE TABLE b (x int); SELECT no_such_function();")
     with pytest.raises(MigrationError, match="0002_bad.sql failed"):
         apply_migrations(empty_database_url, tmp_path)
     with psycopg.connect(empty_database_url) as conn:
-        assert conn.execute("SELECT to_regclass('a') IS NOT NULL, to_regclass('b') IS NULL"
-                            ).fetchone() == (True, True)
+        assert conn.execute(
+            "SELECT to_regclass('a') IS NOT NULL, to_regclass('b') IS NULL"
+        ).fetchone() == (True, True)
         assert conn.execute("SELECT array_agg(version) FROM schema_migrations").fetchone()[0] == [1]

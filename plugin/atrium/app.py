@@ -1,0 +1,91 @@
+"""The Atrium application: settings in, collaborators wired, routes out.
+
+Built once by the Orthanc entry script (``atrium_entry.py``) with the SDK-backed
+Orthanc API, or by tests with any :class:`~atrium.orthanc_api.OrthancApi`.
+Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from atrium.api import health, mirror_status
+from atrium.api.http import Router
+from atrium.db import open_pool
+from atrium.migrations import apply_migrations
+from atrium.mirror.backfill import backfill, needs_backfill
+from atrium.mirror.sync import Mirror, MirrorWorker
+from atrium.mirror.verify import compare, repair
+from atrium.mirror.writer import MirrorWriter
+from atrium.orthanc_api import OrthancApi
+from atrium.settings import Settings
+from atrium.storage import ObjectStore, S3ObjectStore, open_store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Atrium", "organization_resolver"]
+
+
+def organization_resolver(settings: Settings) -> Any:
+    """Orthanc's metadata of an instance → its organization: the calling AE title's
+    mapping for DICOM, the default organization otherwise."""
+
+    def resolve(metadata: dict[str, Any]) -> str:
+        if metadata.get("Origin") == "DicomProtocol":
+            return settings.organization_for_aet(metadata.get("RemoteAET"))
+        return settings.default_organization
+
+    return resolve
+
+
+@dataclass
+class Atrium:
+    settings: Settings
+    orthanc: OrthancApi
+    pool: Any
+    store: ObjectStore
+    mirror: Mirror
+    worker: MirrorWorker
+    router: Router
+
+    @classmethod
+    def build(cls, settings: Settings, orthanc: OrthancApi) -> Atrium:
+        pool = open_pool(settings.database_url)
+        store = open_store(settings.storage_url, s3_endpoint=settings.s3_endpoint,
+                           s3_access_key=settings.s3_access_key,
+                           s3_secret_key=settings.s3_secret_key, s3_secure=settings.s3_secure)
+        mirror = Mirror(orthanc, MirrorWriter(pool.connection), organization_resolver(settings),
+                        batch_size=settings.mirror_batch_size)
+
+        def prepare() -> None:
+            apply_migrations(settings.database_url)
+            if isinstance(store, S3ObjectStore):
+                store.ensure_bucket()
+            with pool.connection() as conn:
+                conn.execute("INSERT INTO organizations (name) VALUES (%s) "
+                             "ON CONFLICT (name) DO NOTHING", (settings.default_organization,))
+            if needs_backfill(mirror):
+                log.info("mirror.backfill reason=first start over a non-empty Orthanc")
+                backfill(mirror, pool.connection)
+
+        def full_check() -> None:
+            report = compare(orthanc, pool.connection)
+            if not report.clean:
+                log.warning("mirror.full_check differences=%d", len(report.differences))
+                repair(report, mirror)
+
+        worker = MirrorWorker(mirror, prepare=prepare, full_check=full_check,
+                              poll_seconds=settings.mirror_poll_seconds,
+                              full_check_seconds=settings.mirror_full_check_seconds)
+        app = cls(settings, orthanc, pool, store, mirror, worker, Router([]))
+        app.router = Router([*health.routes(app), *mirror_status.routes(app)])
+        return app
+
+    def start(self) -> None:
+        self.worker.start()
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.pool.close()

@@ -1,0 +1,214 @@
+"""The ``atrium`` command.
+
+``run`` is the local environment behind ``make run``; the other commands act on a
+running Atrium: ``migrate``, ``verify`` (exit 1 when the mirror differs from
+Orthanc), ``reconcile``, ``backfill``, ``status``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from atrium.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("atrium.cli")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "orthanc-config" / "orthanc.json"
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    path = path or (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
+    if path is None:
+        return {}
+    try:
+        parsed = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SettingsError(f"cannot read the Orthanc configuration {path}: {exc}") from None
+    if not isinstance(parsed, dict):
+        raise SettingsError(f"the Orthanc configuration {path} must be a JSON object")
+    return parsed
+
+
+def _pool(settings: Settings) -> Any:
+    from psycopg_pool import ConnectionPool
+
+    pool: ConnectionPool[Any] = ConnectionPool(settings.database_url, min_size=1, max_size=4,
+                                               timeout=10, open=True)
+    return pool
+
+
+def _mirror(settings: Settings, pool: Any, workers: int = 4) -> Any:
+    from atrium.app import organization_resolver
+    from atrium.mirror.sync import Mirror
+    from atrium.mirror.writer import MirrorWriter
+    from atrium.orthanc_api import HttpOrthancApi
+
+    api = HttpOrthancApi(settings.orthanc_url)
+    return Mirror(api, MirrorWriter(pool.connection), organization_resolver(settings),
+                  batch_size=settings.mirror_batch_size, fetch_workers=workers)
+
+
+def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
+    from atrium.migrations import apply_migrations
+
+    applied = apply_migrations(settings.database_url)
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from atrium.mirror.verify import compare
+
+    with _pool(settings) as pool:
+        mirror = _mirror(settings, pool)
+        report = compare(mirror.api, pool.connection,
+                         progress=None if args.quiet else lambda m: print(m, file=sys.stderr))
+    for level, count in report.orthanc_counts.items():
+        print(f"{level:8} orthanc={count} mirror={report.mirror_counts.get(level)}")
+    for difference in report.differences:
+        print(difference)
+    print("clean" if report.clean else f"{len(report.differences)} difference(s)")
+    return 0 if report.clean else 1
+
+
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from atrium.jobs import Job
+    from atrium.mirror.verify import compare, repair
+
+    with _pool(settings) as pool:
+        mirror = _mirror(settings, pool)
+        report = compare(mirror.api, pool.connection)
+        job = Job(pool.connection, "reconcile", total=len(report.differences))
+        try:
+            repaired = repair(report, mirror)
+            after = compare(mirror.api, pool.connection)
+            job.progress(repaired, force=True)
+            job.succeed({"differences": len(report.differences), "repaired": repaired,
+                         "remaining": len(after.differences)})
+        except Exception as exc:
+            job.fail(f"{type(exc).__name__}: {exc}")
+            raise
+    print(f"{len(report.differences)} difference(s) found, {len(after.differences)} remaining")
+    return 0 if after.clean else 1
+
+
+def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from atrium.mirror.backfill import backfill
+
+    with _pool(settings) as pool:
+        mirror = _mirror(settings, pool, workers=args.workers)
+        with tqdm(unit="instance", disable=args.quiet) as bar:
+            def on_progress(done: int, total: int) -> None:
+                bar.total = total
+                bar.update(done - bar.n)
+
+            result = backfill(mirror, pool.connection, on_progress)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
+    import requests
+
+    response = requests.get(f"{settings.orthanc_url}/api/mirror/status", timeout=10)
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.ok else 1
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from atrium.devenv import LocalCluster, OrthancProcess, orthanc_config
+    from atrium.migrations import apply_migrations
+
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o755)  # the postgres system user must reach its cluster
+    cluster = LocalCluster(data_dir)
+    print(f"atrium: PostgreSQL cluster in {cluster.pgdata} (port {cluster.port})")
+    cluster.init()
+    cluster.start()
+    orthanc: OrthancProcess | None = None
+    try:
+        cluster.ensure_database("orthanc")
+        cluster.ensure_database("atrium")
+        applied = apply_migrations(settings.database_url)
+        print(f"atrium: migrations applied: {len(applied)}")
+        config = orthanc_config(
+            base=_read_config(args.config), data_dir=data_dir, cluster=cluster,
+            index_database="orthanc", http_port=settings.orthanc_http_port,
+            dicom_port=settings.orthanc_dicom_port, aet=settings.orthanc_aet,
+            atrium={"DatabaseUrl": settings.database_url},
+            python_script=REPO_ROOT / "plugin" / "atrium_entry.py",
+        )
+        orthanc = OrthancProcess(data_dir / "orthanc", config)
+        orthanc.start()
+        url = orthanc.url
+        print(f"""
+Atrium is running (Ctrl-C stops everything).
+  REST API   {url}/api/health   {url}/api/mirror/status
+  Orthanc    {url}/
+  DICOMweb   {url}/dicom-web/
+  DICOM      AE title {settings.orthanc_aet} on 127.0.0.1:{settings.orthanc_dicom_port}
+  Logs       {orthanc.logfile}
+""", flush=True)
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        while not stop.is_set():
+            if orthanc.proc is not None and orthanc.proc.poll() is not None:
+                print(f"atrium: Orthanc exited ({orthanc.proc.returncode}); see {orthanc.logfile}",
+                      file=sys.stderr)
+                return 1
+            stop.wait(1)
+        return 0
+    finally:
+        print("atrium: stopping", file=sys.stderr)
+        if orthanc is not None:
+            orthanc.stop()
+        cluster.stop()
+
+
+COMMANDS = {
+    "run": (cmd_run, "start PostgreSQL and Orthanc with Atrium in the foreground"),
+    "migrate": (cmd_migrate, "apply pending database migrations"),
+    "verify": (cmd_verify, "list every difference between Orthanc and the mirror"),
+    "reconcile": (cmd_reconcile, "repair every difference between Orthanc and the mirror"),
+    "backfill": (cmd_backfill, "mirror everything Orthanc holds, as a job with progress"),
+    "status": (cmd_status, "print the mirror's status"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="atrium", description=__doc__)
+    parser.add_argument("--config", type=Path, help="Orthanc configuration file "
+                        "(default: orthanc-config/orthanc.json)")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text)
+        if name == "backfill":
+            command.add_argument("--workers", type=int, default=4,
+                                 help="parallel reads from Orthanc (default 4)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = load_settings(_read_config(args.config))
+    except SettingsError as error:
+        print(f"atrium: configuration error: {error}", file=sys.stderr)
+        return 2
+    handler = COMMANDS[args.command][0]
+    return handler(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

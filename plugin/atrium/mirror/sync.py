@@ -1,0 +1,250 @@
+"""Keeping the mirror in step with Orthanc.
+
+Three mechanisms, each covering what the others cannot:
+
+* **Replay of Orthanc's change log** (``/changes``), from the cursor persisted in
+  ``mirror_state``. The log is written in the same transaction as the instance, so
+  it survives crashes and ``kill -9``; the cursor advances in the same transaction
+  as the rows, so nothing is skipped and a replay is harmless.
+* **Live events** only *wake* the worker (a new instance) or queue a deletion:
+  Orthanc never logs deletions. They cost Orthanc's threads next to nothing.
+* **A periodic full comparison** (:mod:`atrium.mirror.verify`) finds deletions whose
+  live event was lost (Atrium down, a crash).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from atrium.mirror.extract import (
+    InstanceRecord,
+    MissingIdentifier,
+    decode_text,
+    extract_instance,
+    long_value_keywords,
+    tag_path,
+)
+from atrium.mirror.writer import LEVELS, MirrorWriter
+from atrium.orthanc_api import OrthancApi, OrthancError, iter_changes
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Mirror", "MirrorWorker", "OrganizationResolver"]
+
+# Changes after which an instance's rows must be (re)written.
+INSTANCE_CHANGES = frozenset({"NewInstance", "UpdatedAttachment", "UpdatedMetadata"})
+
+LEVEL_PATHS = {"Patient": "patients", "Study": "studies", "Series": "series",
+               "Instance": "instances"}
+
+OrganizationResolver = Callable[[dict[str, Any]], str]
+"""Orthanc's metadata of an instance (``RemoteAET``, ``Origin``...) → organization name."""
+
+
+@dataclass
+class FetchResult:
+    records: list[InstanceRecord]
+    gone: int = 0
+    rejected: int = 0
+
+
+class Mirror:
+    """Reads instances from Orthanc and writes them through a :class:`MirrorWriter`."""
+
+    def __init__(self, api: OrthancApi, writer: MirrorWriter,
+                 organization_for: OrganizationResolver, batch_size: int = 500,
+                 fetch_workers: int = 1) -> None:
+        self.api = api
+        self.writer = writer
+        self.organization_for = organization_for
+        self.batch_size = batch_size
+        self.fetch_workers = fetch_workers
+
+    # -- reading Orthanc ------------------------------------------------------
+    def fetch_one(self, instance_id: str) -> InstanceRecord | None:
+        """The record of one instance, or ``None`` if it is gone or cannot be mirrored."""
+        base = f"/instances/{instance_id}"
+        tags = self.api.get_json(f"{base}/tags?simplify")
+        for keyword in long_value_keywords(tags):
+            # Orthanc's JSON answers null for values over 256 bytes; read them raw.
+            raw = self.api.get_bytes(f"{base}/content/{tag_path(keyword)}")
+            tags[keyword] = decode_text(raw, tags.get("SpecificCharacterSet"))
+        info = self.api.get_json(base)
+        metadata = self.api.get_json(f"{base}/metadata?expand")
+        return extract_instance(
+            tags,
+            instance_orthanc_id=instance_id,
+            file_size=int(info.get("FileSize", 0)),
+            orthanc_metadata=metadata,
+            organization=self.organization_for(metadata),
+        )
+
+    def fetch(self, instance_ids: Sequence[str]) -> FetchResult:
+        result = FetchResult(records=[])
+
+        def one(instance_id: str) -> InstanceRecord | None | str:
+            try:
+                return self.fetch_one(instance_id)
+            except OrthancError as exc:
+                if exc.status == 404:
+                    return "gone"  # deleted since it was logged: nothing to mirror
+                raise
+            except MissingIdentifier as exc:
+                log.warning("mirror.rejected instance=%s reason=%r", instance_id, str(exc))
+                return "rejected"
+
+        unique = list(dict.fromkeys(instance_ids))
+        if self.fetch_workers > 1 and len(unique) > 1:
+            with ThreadPoolExecutor(self.fetch_workers) as pool:
+                outcomes = list(pool.map(one, unique))
+        else:
+            outcomes = [one(i) for i in unique]
+        for outcome in outcomes:
+            if outcome == "gone":
+                result.gone += 1
+            elif outcome == "rejected":
+                result.rejected += 1
+            elif isinstance(outcome, InstanceRecord):
+                result.records.append(outcome)
+        return result
+
+    def ingest(self, instance_ids: Sequence[str], cursor_seq: int | None = None) -> int:
+        """Fetch and write these instances (in batches); returns how many were written."""
+        written = 0
+        ids = list(instance_ids)
+        for start in range(0, max(len(ids), 1), self.batch_size):
+            chunk = ids[start : start + self.batch_size]
+            is_last = start + self.batch_size >= len(ids)
+            fetched = self.fetch(chunk) if chunk else FetchResult(records=[])
+            written += self.writer.apply(fetched.records, cursor_seq if is_last else None)
+        return written
+
+    # -- the change log ---------------------------------------------------------
+    def catch_up(self) -> int:
+        """Apply Orthanc's change log from the persisted cursor to its end."""
+        since = self.writer.cursor()
+        applied = 0
+        for changes, last, _done in iter_changes(self.api, since, self.batch_size):
+            ids = [c["ID"] for c in changes
+                   if c.get("ChangeType") in INSTANCE_CHANGES and c.get("ResourceType") ==
+                   "Instance"]
+            if not changes and last <= since:
+                break
+            applied += self.ingest(ids, cursor_seq=last)
+            since = last
+        return applied
+
+    def last_change(self) -> int:
+        return int(self.api.get_json("/changes?last").get("Last", 0))
+
+    # -- deletions ------------------------------------------------------------
+    def still_exists(self, level: str, orthanc_id: str) -> bool:
+        try:
+            self.api.get_json(f"/{LEVEL_PATHS[level]}/{orthanc_id}")
+        except OrthancError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def apply_deletions(self, deletions: Iterable[tuple[str, str]]) -> int:
+        """Soft-delete resources that Orthanc no longer has. Each is checked first: a
+        resource deleted and stored again before its event was handled stays live."""
+        by_level: dict[str, list[str]] = {}
+        for level, orthanc_id in deletions:
+            if level in LEVEL_PATHS and not self.still_exists(level, orthanc_id):
+                by_level.setdefault(level, []).append(orthanc_id)
+        touched = 0
+        for level in LEVELS[::-1]:  # Patient first: its cascade covers the rest
+            if by_level.get(level):
+                touched += self.writer.soft_delete(level, by_level[level])
+        return touched
+
+
+class MirrorWorker:
+    """The one long-lived thread that keeps the mirror in step.
+
+    ``notify_*`` are called from Orthanc's callback threads: they only append to a
+    deque and set an event, never block, never raise.
+    """
+
+    def __init__(self, mirror: Mirror, *, prepare: Callable[[], None],
+                 full_check: Callable[[], None] | None = None,
+                 poll_seconds: float = 5.0, full_check_seconds: float = 3600.0) -> None:
+        self.mirror = mirror
+        self.prepare = prepare
+        self.full_check = full_check
+        self.poll_seconds = poll_seconds
+        self.full_check_seconds = full_check_seconds
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._deletions: deque[tuple[str, str]] = deque(maxlen=1_000_000)
+        self._thread: threading.Thread | None = None
+        self._prepared = False
+        self._next_full_check = time.monotonic() + full_check_seconds
+        self.last_error: str | None = None
+        self.last_success: float | None = None
+
+    # -- notifications (Orthanc's threads) ----------------------------------------
+    def notify_new(self) -> None:
+        self._wake.set()
+
+    def notify_deleted(self, level: str, orthanc_id: str) -> None:
+        self._deletions.append((level, orthanc_id))
+        self._wake.set()
+
+    @property
+    def pending_deletions(self) -> int:
+        return len(self._deletions)
+
+    # -- lifecycle ------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="atrium-mirror", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while not self._stop.is_set():
+            try:
+                self.step()
+                backoff = 0.5
+                self.last_error = None
+                self.last_success = time.time()
+                self._wake.wait(self.poll_seconds)
+            except Exception as exc:  # noqa: BLE001 - the worker must outlive any failure
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("mirror.retry error=%r backoff_s=%.1f", self.last_error, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    def step(self) -> None:
+        """One pass: migrations once, queued deletions, the change log, and the full
+        comparison when due. Raises on failure; nothing is lost (the deletions stay
+        queued, the cursor has not moved)."""
+        self._wake.clear()
+        if not self._prepared:
+            self.prepare()
+            self._prepared = True
+        if self._deletions:
+            pending = list(self._deletions)
+            self.mirror.apply_deletions(pending)
+            for _ in pending:
+                self._deletions.popleft()
+        self.mirror.catch_up()
+        if self.full_check is not None and time.monotonic() >= self._next_full_check:
+            self.full_check()
+            self._next_full_check = time.monotonic() + self.full_check_seconds

@@ -1,0 +1,137 @@
+"""The script Orthanc's Python plugin loads (``PythonScript``). The only module that
+imports ``orthanc``: it adapts Orthanc's callbacks to plain calls into Atrium.
+
+Callbacks come in two kinds. *Notifications* (``OnChange``) only observe: they hand
+work to Atrium's mirror worker and can neither block nor raise into Orthanc.
+*Interventions* (REST routes) decide an answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import site
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _use_venv() -> None:
+    """Put Atrium's venv (``ATRIUM_VENV``, default ``<repo>/.venv``) at the front of
+    ``sys.path``: Orthanc embeds the system interpreter, not the venv's, and Debian's
+    dist-packages (an older cffi, say) must not shadow the venv's packages."""
+    venv = Path(os.environ.get("ATRIUM_VENV") or _HERE.parent / ".venv")
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_packages = venv / "lib" / version / "site-packages"
+    if site_packages.is_dir():
+        before = list(sys.path)
+        site.addsitedir(str(site_packages))  # also runs the editable install's .pth
+        added = [entry for entry in sys.path if entry not in before]
+        sys.path[:] = added + before
+    if str(_HERE) not in sys.path:
+        sys.path.insert(0, str(_HERE))
+
+
+_use_venv()
+
+import orthanc  # noqa: E402
+
+from atrium.api.http import Request, Response  # noqa: E402
+from atrium.app import Atrium  # noqa: E402
+from atrium.orthanc_api import SdkOrthancApi  # noqa: E402
+from atrium.settings import SettingsError, load_settings  # noqa: E402
+
+
+class _OrthancLogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        message = f"{record.name}: {self.format(record)}"
+        if record.levelno >= logging.ERROR:
+            orthanc.LogError(message)
+        elif record.levelno >= logging.WARNING:
+            orthanc.LogWarning(message)
+        else:
+            orthanc.LogInfo(message)
+
+
+logging.basicConfig(level=logging.INFO, handlers=[_OrthancLogHandler()], force=True)
+
+try:
+    _settings = load_settings(json.loads(orthanc.GetConfiguration()))
+except SettingsError as _error:
+    orthanc.LogError(f"atrium: configuration error: {_error}")
+    raise SystemExit(f"atrium: configuration error: {_error}") from None
+
+_app = Atrium.build(_settings, SdkOrthancApi(orthanc))
+
+_LEVELS = {
+    orthanc.ResourceType.PATIENT: "Patient",
+    orthanc.ResourceType.STUDY: "Study",
+    orthanc.ResourceType.SERIES: "Series",
+    orthanc.ResourceType.INSTANCE: "Instance",
+}
+
+
+def _on_deleted(level: object, resource_id: str) -> None:
+    name = _LEVELS.get(level)  # type: ignore[call-overload]
+    if name:
+        _app.worker.notify_deleted(name, resource_id)
+
+
+_ON_CHANGE = {
+    orthanc.ChangeType.ORTHANC_STARTED: lambda level, rid: _app.start(),
+    orthanc.ChangeType.ORTHANC_STOPPED: lambda level, rid: _app.stop(),
+    orthanc.ChangeType.NEW_INSTANCE: lambda level, rid: _app.worker.notify_new(),
+    orthanc.ChangeType.DELETED: _on_deleted,
+}
+
+
+def on_change(change_type: object, level: object, resource_id: str) -> None:
+    """Notification: must stay cheap and must never raise into Orthanc."""
+    handler = _ON_CHANGE.get(change_type)  # type: ignore[call-overload]
+    if handler is None:
+        return
+    try:
+        handler(level, resource_id)
+    except Exception:  # noqa: BLE001
+        logging.getLogger("atrium.entry").exception("on_change failed type=%s", change_type)
+
+
+def _answer(output: object, response: Response) -> None:
+    if response.status == 405:
+        # Orthanc reserves 405 to this call, which writes the Allow header itself.
+        allowed = response.headers.get("Allow", "")
+        output.SendMethodNotAllowed(allowed)  # type: ignore[attr-defined]
+        return
+    for name, value in response.headers.items():
+        output.SetHttpHeader(name, value)  # type: ignore[attr-defined]
+    if response.status == 200:
+        output.AnswerBuffer(response.body, response.content_type)  # type: ignore[attr-defined]
+    else:
+        output.SetHttpHeader("Content-Type", response.content_type)  # type: ignore[attr-defined]
+        try:
+            # orthanc-python 4.0 takes (status, str, size in bytes)...
+            output.SendHttpStatus(  # type: ignore[attr-defined]
+                response.status, response.body.decode("utf-8", "replace"), len(response.body))
+        except TypeError:
+            # ...later releases take (status, body).
+            output.SendHttpStatus(response.status, response.body)  # type: ignore[attr-defined]
+
+
+def on_api(output: object, uri: str, **request: object) -> None:
+    """Intervention: every ``/api/...`` request."""
+    headers = {str(k).lower(): str(v) for k, v in dict(request.get("headers") or {}).items()}
+    body = request.get("body") or b""
+    response = _app.router.handle(Request(
+        method=str(request.get("method", "GET")),
+        path=uri,
+        query={str(k): str(v) for k, v in dict(request.get("get") or {}).items()},
+        headers=headers,
+        body=body if isinstance(body, bytes) else str(body).encode(),
+    ))
+    _answer(output, response)
+
+
+orthanc.RegisterOnChangeCallback(on_change)
+orthanc.RegisterRestCallback("/api/(.*)", on_api)

@@ -1,0 +1,151 @@
+"""Real services for integration tests: Orthanc with Atrium loaded, PostgreSQL.
+
+``atrium`` is one shared Orthanc+Atrium for the session (tests use their own UIDs,
+so they don't step on each other). ``atrium_factory`` starts a private one for a
+test that crashes, restarts or cuts off its services.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+
+from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, orthanc_config, wait_until
+from atrium.migrations import apply_migrations
+from atrium.orthanc_api import HttpOrthancApi
+from tests.conftest import free_port
+
+AET_MAP = {"MAPPED_AE": "Radiology North"}
+
+
+@dataclass
+class AtriumUnderTest:
+    orthanc: OrthancProcess
+    database_url: str
+    index_cluster: LocalCluster
+    atrium_cluster: LocalCluster
+    dicom_port: int
+    workdir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.orthanc.url
+
+    @property
+    def api(self) -> HttpOrthancApi:
+        return HttpOrthancApi(self.url)
+
+    def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def scalar(self, query: str, params: Any = None) -> Any:
+        rows = self.sql(query, params)
+        return rows[0][0] if rows else None
+
+    def upload(self, blob: bytes) -> requests.Response:
+        return requests.post(f"{self.url}/instances", data=blob, timeout=30,
+                             headers={"Content-Type": "application/dicom"})
+
+    def wait_mirrored(self, sop_uids: list[str], timeout: float = 30) -> None:
+        def done() -> bool:
+            count = self.scalar(
+                "SELECT count(*) FROM instances WHERE sop_instance_uid = ANY(%s) "
+                "AND deleted_at IS NULL", (sop_uids,))
+            return bool(count == len(set(sop_uids)))
+
+        wait_until(done, timeout, what=f"{len(sop_uids)} instances in the mirror")
+
+    def wait_caught_up(self, timeout: float = 60) -> None:
+        """Until the mirror's cursor reaches Orthanc's last change."""
+        def done() -> bool:
+            last = self.api.get_json("/changes?last")["Last"]
+            return bool(self.scalar(
+                "SELECT last_seq FROM mirror_state WHERE name='orthanc'") >= last)
+
+        wait_until(done, timeout, what="the mirror to reach Orthanc's last change")
+
+    def restart(self, atrium: bool = True) -> None:
+        self.orthanc.stop()
+        self.orthanc = OrthancProcess(self.workdir, _with_atrium(self.orthanc.config, atrium),
+                                      self.orthanc.env)
+        self.orthanc.start()
+
+    def atrium_cli(self, *args: str) -> Any:
+        import subprocess
+        import sys
+
+        env = {**self.orthanc.env, "ATRIUM_DATABASE_URL": self.database_url,
+               "ATRIUM_ORTHANC_URL": self.url, "ATRIUM_DATA_DIR": str(self.workdir)}
+        return subprocess.run(
+            [sys.executable, "-m", "atrium.cli", *args], env=env, text=True,
+            capture_output=True, timeout=600, check=False)
+
+
+def _with_atrium(config: dict[str, Any], atrium: bool) -> dict[str, Any]:
+    config = dict(config)
+    plugins = [p for p in config["Plugins"] if "Python" not in p]
+    if atrium:
+        plugins.append("/usr/share/orthanc/plugins/libOrthancPython.so")
+        config["PythonScript"] = str(REPO_ROOT / "plugin" / "atrium_entry.py")
+    else:
+        config.pop("PythonScript", None)
+    config["Plugins"] = plugins
+    return config
+
+
+def _start(workspace: Path, index_cluster: LocalCluster, atrium_cluster: LocalCluster,
+           with_atrium: bool = True, migrate: bool = True, **atrium: Any) -> AtriumUnderTest:
+    name = uuid.uuid4().hex[:10]
+    workdir = workspace / f"orthanc-{name}"
+    index_db, atrium_db = f"orthanc_{name}", f"atrium_{name}"
+    index_cluster.ensure_database(index_db)
+    atrium_cluster.ensure_database(atrium_db)
+    database_url = atrium_cluster.url(atrium_db)
+    if migrate:
+        apply_migrations(database_url)
+    http_port, dicom_port = free_port(), free_port()
+    base = json.loads((REPO_ROOT / "orthanc-config" / "orthanc.json").read_text())
+    section = {"DatabaseUrl": database_url, "AetOrganizations": AET_MAP,
+               "MirrorPollSeconds": 0.5, "MirrorFullCheckSeconds": 3600,
+               "StorageUrl": f"file://{workdir / 'objects'}", **atrium}
+    config = orthanc_config(
+        base=base, data_dir=workdir, cluster=index_cluster, index_database=index_db,
+        http_port=http_port, dicom_port=dicom_port, aet="ATRIUM", atrium=section,
+        python_script=REPO_ROOT / "plugin" / "atrium_entry.py", with_atrium=with_atrium)
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("ATRIUM_")}
+    process = OrthancProcess(workdir, config, env)
+    process.start()
+    return AtriumUnderTest(process, database_url, index_cluster, atrium_cluster, dicom_port,
+                           workdir)
+
+
+@pytest.fixture(scope="session")
+def atrium(workspace: Path, pg_cluster: LocalCluster) -> Iterator[AtriumUnderTest]:
+    under_test = _start(workspace, pg_cluster, pg_cluster)
+    yield under_test
+    under_test.orthanc.stop()
+
+
+@pytest.fixture
+def atrium_factory(workspace: Path, pg_cluster: LocalCluster
+                   ) -> Iterator[Callable[..., AtriumUnderTest]]:
+    started: list[AtriumUnderTest] = []
+
+    def factory(atrium_cluster: LocalCluster | None = None, **kwargs: Any) -> AtriumUnderTest:
+        under_test = _start(workspace, pg_cluster, atrium_cluster or pg_cluster, **kwargs)
+        started.append(under_test)
+        return under_test
+
+    yield factory
+    for under_test in started:
+        under_test.orthanc.kill()
