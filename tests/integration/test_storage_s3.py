@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from atrium.storage import ObjectNotFound, S3ObjectStore, StorageError, open_store
 from minio import Minio
 
+from atrium.storage import ObjectNotFound, S3ObjectStore, StorageError, open_store
 from tests.conftest import free_port
 from tests.integration.s3server import S3Server
 from tests.unit.test_storage_names import ChunkedStream, ObjectStoreContract, read_all

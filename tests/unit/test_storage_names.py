@@ -15,6 +15,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from minio import Minio
+
 from atrium.storage import (
     FileObjectStore,
     InvalidObjectName,
@@ -26,9 +30,6 @@ from atrium.storage import (
     open_store,
     validate_object_name,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-from minio import Minio
 
 MiB = 1024 * 1024
 
