@@ -1,0 +1,219 @@
+"""Ingest benchmark: Orthanc with Atrium against the same Orthanc without it.
+
+One run, same machine, same settings, same generated data (``--instances``, default
+2,000) stored into a fresh Orthanc without Atrium and a fresh Orthanc with Atrium,
+by REST upload (4 parallel clients) and by dcmtk's ``storescu`` (4 parallel
+senders). Prints the throughput ratios (goal ≥ 0.95), the mirror lag from store
+acknowledgement to row visible (p50/p99, goal p99 ≤ 1 s) and the backfill rate
+(goal ≥ 1,000 instances/s), for ``docs/BENCHMARKS.md``.
+
+    .venv/bin/python bench/ingest.py [--instances 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pydicom.uid import generate_uid  # noqa: E402
+
+from atrium.devenv import (  # noqa: E402
+    REPO_ROOT,
+    LocalCluster,
+    OrthancProcess,
+    orthanc_config,
+    wait_until,
+)
+from atrium.migrations import apply_migrations  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.support.dicomgen import StudySpec, make_instance, write_files  # noqa: E402
+
+CLIENTS = 4
+
+
+def generate(count: int, tag: str) -> list[tuple[str, bytes]]:
+    """``count`` instances in studies of 2 series × 25 instances, as (SOP UID, bytes)."""
+    out: list[tuple[str, bytes]] = []
+    study = 0
+    while len(out) < count:
+        spec = StudySpec(patient_id=f"{tag}-{study % 50}", rows=64)
+        for series_number in (1, 2):
+            series_uid = generate_uid()
+            for n in range(1, 26):
+                sop = generate_uid()
+                out.append((sop, make_instance(spec, series_uid, series_number, n, sop)))
+        study += 1
+    return out[:count]
+
+
+def start_orthanc(root: Path, cluster: LocalCluster, name: str, with_atrium: bool
+                  ) -> tuple[OrthancProcess, str]:
+    index_db, atrium_db = f"bench_index_{name}", f"bench_atrium_{name}"
+    cluster.ensure_database(index_db)
+    cluster.ensure_database(atrium_db)
+    database_url = cluster.url(atrium_db)
+    apply_migrations(database_url)
+    workdir = root / name
+    base = json.loads((REPO_ROOT / "orthanc-config" / "orthanc.json").read_text())
+    config = orthanc_config(
+        base=base, data_dir=workdir, cluster=cluster, index_database=index_db,
+        http_port=free_port(), dicom_port=free_port(), aet="ATRIUM",
+        atrium={"DatabaseUrl": database_url, "MirrorPollSeconds": 1,
+                "StorageUrl": f"file://{workdir / 'objects'}"},
+        python_script=REPO_ROOT / "plugin" / "atrium_entry.py", with_atrium=with_atrium)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
+    process = OrthancProcess(workdir, config, env)
+    process.start()
+    return process, database_url
+
+
+def rest_ingest(url: str, data: list[tuple[str, bytes]], acks: dict[str, float]) -> float:
+    chunks = [data[i::CLIENTS] for i in range(CLIENTS)]
+
+    def client(chunk: list[tuple[str, bytes]]) -> None:
+        with requests.Session() as session:
+            for sop, blob in chunk:
+                response = session.post(f"{url}/instances", data=blob, timeout=60)
+                response.raise_for_status()
+                acks[sop] = time.time()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        list(pool.map(client, chunks))
+    return time.perf_counter() - started
+
+
+def storescu_ingest(port: int, files: list[Path]) -> float:
+    chunks = [files[i::CLIENTS] for i in range(CLIENTS)]
+    started = time.perf_counter()
+    senders = [subprocess.Popen(["storescu", "-aet", "BENCH", "-aec", "ATRIUM", "127.0.0.1",
+                                 str(port), *map(str, chunk)]) for chunk in chunks]
+    for sender in senders:
+        if sender.wait() != 0:
+            raise RuntimeError("storescu failed")
+    return time.perf_counter() - started
+
+
+class RowWatcher(threading.Thread):
+    """Records when each instance row first becomes visible in the mirror."""
+
+    def __init__(self, database_url: str) -> None:
+        super().__init__(daemon=True)
+        self.database_url = database_url
+        self.seen: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            while not self.stop.is_set():
+                rows = conn.execute("SELECT sop_instance_uid FROM instances").fetchall()
+                now = time.time()
+                for (sop,) in rows:
+                    self.seen.setdefault(sop, now)
+                self.stop.wait(0.02)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--instances", type=int, default=2000)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="atrium-bench-"))
+    root.chmod(0o755)
+    cluster = LocalCluster(root / "pg", port=free_port())
+    cluster.init()
+    cluster.start()
+    processes: list[OrthancProcess] = []
+    try:
+        rest_data = generate(args.instances, "REST")
+        scu_data = generate(args.instances, "SCU")
+        scu_files = write_files(root / "scu", [b for _, b in scu_data])
+        size_mb = sum(len(b) for _, b in rest_data) / 1e6
+        print(f"data: {args.instances} instances per path, {size_mb:.1f} MB per path")
+
+        results: dict[str, dict[str, float]] = {}
+        lags: list[float] = []
+        for name, with_atrium in (("without", False), ("with", True)):
+            process, database_url = start_orthanc(root, cluster, name, with_atrium)
+            processes.append(process)
+            watcher = RowWatcher(database_url) if with_atrium else None
+            if watcher:
+                watcher.start()
+            acks: dict[str, float] = {}
+            rest_s = rest_ingest(process.url, rest_data, acks)
+            scu_s = storescu_ingest(int(process.config["DicomPort"]), scu_files)
+            results[name] = {"rest": args.instances / rest_s, "storescu": args.instances / scu_s}
+            print(f"{name:7} Atrium: REST {results[name]['rest']:7.1f} inst/s   "
+                  f"storescu {results[name]['storescu']:7.1f} inst/s")
+            if watcher:
+                wait_until(lambda w=watcher: len(w.seen) >= 2 * args.instances, 120,
+                           what="every instance in the mirror")
+                watcher.stop.set()
+                lags = [max(watcher.seen[sop] - acks[sop], 0.0) for sop in acks]
+
+        ratio_rest = results["with"]["rest"] / results["without"]["rest"]
+        ratio_scu = results["with"]["storescu"] / results["without"]["storescu"]
+        print(f"throughput ratio with/without: REST {ratio_rest:.3f}   storescu {ratio_scu:.3f}"
+              "   (goal ≥ 0.95)")
+        print(f"mirror lag (REST acks, {len(lags)} instances): p50 {statistics.median(lags):.3f}"
+              f" s   p99 {percentile(lags, 0.99):.3f} s   max {max(lags):.3f} s"
+              "   (goal p99 ≤ 1 s)")
+
+        # Backfill: the Orthanc without Atrium holds both data sets; restart it with
+        # Atrium over an empty mirror and read the backfill job's rate.
+        baseline = processes[0]
+        baseline.stop()
+        config = dict(baseline.config)
+        config["Plugins"] = [*config["Plugins"],
+                             "/usr/share/orthanc/plugins/libOrthancPython.so"]
+        config["PythonScript"] = str(REPO_ROOT / "plugin" / "atrium_entry.py")
+        restarted = OrthancProcess(baseline.workdir, config, baseline.env)
+        restarted.start()
+        processes.append(restarted)
+        database_url = cluster.url("bench_atrium_without")
+
+        def backfill_done() -> bool:
+            with psycopg.connect(database_url) as conn:
+                row = conn.execute("SELECT status FROM jobs WHERE kind='backfill'").fetchone()
+            return bool(row and row[0] in ("succeeded", "failed"))
+
+        wait_until(backfill_done, 600, what="the backfill job")
+        with psycopg.connect(database_url) as conn:
+            status, result = conn.execute(
+                "SELECT status, result FROM jobs WHERE kind='backfill'").fetchone()
+        print(f"backfill (in Orthanc, at start-up): {status}, {result['instances']} instances "
+              f"in {result['seconds']} s = {result['rate_per_s']} instances/s (goal ≥ 1,000)")
+        print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python "
+              f"{platform.python_version()}")
+        return 0
+    finally:
+        for process in processes:
+            process.stop()
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
