@@ -16,10 +16,11 @@ from atrium.api.http import Router
 from atrium.db import open_pool
 from atrium.migrations import apply_migrations
 from atrium.mirror.backfill import backfill, needs_backfill
+from atrium.mirror.orthanc_index import OrthancIndex
 from atrium.mirror.sync import Mirror, MirrorWorker
 from atrium.mirror.verify import compare, repair
 from atrium.mirror.writer import MirrorWriter
-from atrium.orthanc_api import OrthancApi
+from atrium.orthanc_api import HttpOrthancApi, OrthancApi
 from atrium.settings import Settings
 from atrium.storage import ObjectStore, S3ObjectStore, open_store
 
@@ -40,6 +41,9 @@ def organization_resolver(settings: Settings) -> Any:
     return resolve
 
 
+MIRROR_FETCH_WORKERS = 4
+
+
 @dataclass
 class Atrium:
     settings: Settings
@@ -56,8 +60,15 @@ class Atrium:
         store = open_store(settings.storage_url, s3_endpoint=settings.s3_endpoint,
                            s3_access_key=settings.s3_access_key,
                            s3_secret_key=settings.s3_secret_key, s3_secure=settings.s3_secure)
-        mirror = Mirror(orthanc, MirrorWriter(pool.connection), organization_resolver(settings),
-                        batch_size=settings.mirror_batch_size)
+        # The mirror reads Orthanc over loopback HTTP, not through the SDK: the
+        # plugin holds the GIL for the whole of an SDK call, so SDK reads run one at
+        # a time and stall every other Python callback, while HTTP reads from a few
+        # threads run in Orthanc's own threads, in parallel.
+        reader = HttpOrthancApi(settings.orthanc_url)
+        index = OrthancIndex(settings.orthanc_index_url) if settings.orthanc_index_url else None
+        mirror = Mirror(reader, MirrorWriter(pool.connection), organization_resolver(settings),
+                        batch_size=settings.mirror_batch_size, fetch_workers=MIRROR_FETCH_WORKERS,
+                        index=index)
 
         def prepare() -> None:
             apply_migrations(settings.database_url)
@@ -71,7 +82,7 @@ class Atrium:
                 backfill(mirror, pool.connection)
 
         def full_check() -> None:
-            report = compare(orthanc, pool.connection)
+            report = compare(reader, pool.connection)
             if not report.clean:
                 log.warning("mirror.full_check differences=%d", len(report.differences))
                 repair(report, mirror)

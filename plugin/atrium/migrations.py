@@ -91,7 +91,8 @@ def apply_migrations(database_url: str, directory: Path | None = None) -> list[s
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
         try:
             conn.execute(_CREATE_TABLE)
-            done: dict[int, str] = dict(conn.execute("SELECT version, checksum FROM schema_migrations").fetchall())
+            done: dict[int, str] = dict(conn.execute(
+                "SELECT version, checksum FROM schema_migrations").fetchall())
             for migration in migrations:
                 recorded = done.get(migration.version)
                 if recorded is not None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -40,6 +40,7 @@ _CONFIG_KEYS: dict[str, str] = {
     "ATRIUM_DEFAULT_ORGANIZATION": "DefaultOrganization",
     "ATRIUM_AET_ORGANIZATIONS": "AetOrganizations",
     "ATRIUM_ORTHANC_URL": "OrthancUrl",
+    "ATRIUM_ORTHANC_INDEX_URL": "OrthancIndexUrl",
     "ATRIUM_MIRROR_BATCH_SIZE": "MirrorBatchSize",
     "ATRIUM_MIRROR_POLL_SECONDS": "MirrorPollSeconds",
     "ATRIUM_MIRROR_FULL_CHECK_SECONDS": "MirrorFullCheckSeconds",
@@ -73,6 +74,7 @@ class Settings:
     orthanc_dicom_port: int = 4242
     orthanc_aet: str = "ATRIUM"
     orthanc_url: str = "http://127.0.0.1:8042"
+    orthanc_index_url: str | None = None
     mirror_batch_size: int = 500
     mirror_poll_seconds: float = 5.0
     mirror_full_check_seconds: float = 3600.0
@@ -168,6 +170,23 @@ def default_database_url(data_dir: Path) -> str:
     return LocalCluster(data_dir).url("atrium")
 
 
+def orthanc_index_url(orthanc_config: Mapping[str, Any]) -> str | None:
+    """The libpq URL of Orthanc's index, when Orthanc keeps it in PostgreSQL."""
+    section = orthanc_config.get("PostgreSQL")
+    if not isinstance(section, Mapping) or not section.get("EnableIndex"):
+        return None
+    if section.get("ConnectionUri"):
+        return str(section["ConnectionUri"])
+    user = quote(str(section.get("Username", "")), safe="")
+    password = quote(str(section.get("Password", "")), safe="")
+    credentials = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = section.get("Host", "localhost")
+    port = section.get("Port", 5432)
+    database = quote(str(section.get("Database", "orthanc")), safe="")
+    return f"postgresql://{credentials}{host}:{port}/{database}"
+
+
+
 def load_settings(
     orthanc_config: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
@@ -211,8 +230,10 @@ def load_settings(
     if not data_dir.is_absolute():
         data_dir = (base / data_dir).resolve()
 
-    database_url = raw("ATRIUM_DATABASE_URL") or default_database_url(data_dir)
-    if not database_url.startswith(("postgresql://", "postgres://")) and "=" not in database_url:
+    database_url = raw("ATRIUM_DATABASE_URL")
+    is_libpq = database_url and (
+        database_url.startswith(("postgresql://", "postgres://")) or "=" in database_url)
+    if database_url and not is_libpq:
         raise SettingsError(
             f"ATRIUM_DATABASE_URL must be a libpq URL (postgresql://...), got {database_url!r}"
         )
@@ -241,6 +262,9 @@ def load_settings(
     audience = raw("ATRIUM_OIDC_AUDIENCE") or "atrium"
     org_claim = raw("ATRIUM_ORG_CLAIM") or "organization"
 
+    # Last: the default names the private cluster's password file, which it creates,
+    # and nothing is created before every other setting is known to be valid.
+    database_url = database_url or default_database_url(data_dir)
     return Settings(
         data_dir=data_dir,
         database_url=database_url,
@@ -258,6 +282,7 @@ def load_settings(
         orthanc_dicom_port=dicom_port,
         orthanc_aet=aet,
         orthanc_url=orthanc_url.rstrip("/"),
+        orthanc_index_url=raw("ATRIUM_ORTHANC_INDEX_URL") or orthanc_index_url(config),
         mirror_batch_size=_parse_int(
             "ATRIUM_MIRROR_BATCH_SIZE", raw("ATRIUM_MIRROR_BATCH_SIZE") or "500", 1, 10000
         ),

@@ -154,3 +154,17 @@ def test_backfill_command_mirrors_an_orthanc_with_progress(atrium_factory: Facto
     assert '"instances": 24' in result.stdout
     assert under_test.scalar("SELECT count(*) FROM instances") == 24
     assert_verify_clean(under_test)
+
+
+def test_without_orthancs_index_the_mirror_reads_everything_through_rest(
+        atrium_factory: Factory) -> None:
+    # An index that cannot be reached: every batch falls back to the REST API.
+    under_test = atrium_factory(OrthancIndexUrl="postgresql://nobody@127.0.0.1:1/none")
+    blobs = many_instances("NO-INDEX", studies=2, per_series=3)
+    for blob in blobs:
+        assert under_test.upload(blob).status_code == 200
+    under_test.wait_caught_up()
+    assert under_test.scalar("SELECT count(*) FROM instances WHERE deleted_at IS NULL "
+                             "AND file_size_bytes > 0 AND metadata->'orthanc'->>'Origin' = "
+                             "'RestApi'") == len(blobs)
+    assert_verify_clean(under_test)

@@ -64,3 +64,17 @@ def test_s3_storage_with_an_endpoint_is_accepted(tmp_path: Path) -> None:
                                   "ATRIUM_S3_ENDPOINT": "minio:9000", "ATRIUM_S3_SECURE": "false"},
                              cwd=tmp_path)
     assert settings.storage_url == "s3://atrium" and settings.s3_secure is False
+
+
+def test_the_orthanc_index_url_comes_from_orthancs_postgresql_section() -> None:
+    config = {"PostgreSQL": {"EnableIndex": True, "Host": "db", "Port": 5433,
+                             "Database": "orthanc", "Username": "orthanc",
+                             "Password": "p@ss/word"}}
+    settings = load_settings(config, BASE_ENV, Path("/srv"))
+    assert settings.orthanc_index_url == "postgresql://orthanc:p%40ss%2Fword@db:5433/orthanc"
+    assert load_settings({"PostgreSQL": {"EnableIndex": False}}, BASE_ENV,
+                         Path("/srv")).orthanc_index_url is None
+    assert load_settings({}, BASE_ENV, Path("/srv")).orthanc_index_url is None
+    override = load_settings(config, {**BASE_ENV, "ATRIUM_ORTHANC_INDEX_URL": "postgresql://x/y"},
+                             Path("/srv"))
+    assert override.orthanc_index_url == "postgresql://x/y"

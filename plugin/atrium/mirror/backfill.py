@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from atrium.jobs import Job
@@ -35,26 +35,33 @@ def backfill(mirror: Mirror, connect: Callable[[], Any],
     total = int(mirror.api.get_json("/statistics").get("CountInstances", 0))
     job = Job(connect, "backfill", {"change_position": position}, total=total)
     try:
-        written = 0
-        since = 0
-        page_size = mirror.batch_size
-        while True:
-            ids = mirror.api.get_json(f"/instances?since={since}&limit={page_size}")
-            if not ids:
-                break
-            written += mirror.ingest(ids)
-            since += len(ids)
-            job.progress(since, total)
+        listed = 0
+
+        def pages() -> Iterator[tuple[list[str], None]]:
+            since = 0
+            while True:
+                ids = mirror.api.get_json(f"/instances?since={since}&limit={page_size}")
+                if ids:
+                    yield ids, None
+                since += len(ids)
+                if len(ids) < page_size:
+                    return
+
+        def progressed(count: int) -> None:
+            nonlocal listed
+            listed += count
+            job.progress(listed, total)
             if on_progress:
-                on_progress(since, total)
-            if len(ids) < page_size:
-                break
+                on_progress(listed, total)
+
+        page_size = mirror.batch_size
+        written = mirror.ingest_batches(pages(), progressed)
         mirror.writer.apply([], cursor_seq=position)
         seconds = time.monotonic() - started
-        result = {"instances": written, "listed": since, "seconds": round(seconds, 3),
+        result = {"instances": written, "listed": listed, "seconds": round(seconds, 3),
                   "rate_per_s": round(written / seconds, 1) if seconds else None,
                   "cursor": position}
-        job.progress(since, total, force=True)
+        job.progress(listed, total, force=True)
         job.succeed(result)
         return result
     except Exception as exc:

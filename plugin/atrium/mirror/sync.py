@@ -31,6 +31,7 @@ from atrium.mirror.extract import (
     long_value_keywords,
     tag_path,
 )
+from atrium.mirror.orthanc_index import InstanceFacts, OrthancIndex
 from atrium.mirror.writer import LEVELS, MirrorWriter
 from atrium.orthanc_api import OrthancApi, OrthancError, iter_changes
 
@@ -60,38 +61,53 @@ class Mirror:
 
     def __init__(self, api: OrthancApi, writer: MirrorWriter,
                  organization_for: OrganizationResolver, batch_size: int = 500,
-                 fetch_workers: int = 1) -> None:
+                 fetch_workers: int = 1, index: OrthancIndex | None = None) -> None:
         self.api = api
+        self.index = index
         self.writer = writer
         self.organization_for = organization_for
         self.batch_size = batch_size
         self.fetch_workers = fetch_workers
 
     # -- reading Orthanc ------------------------------------------------------
-    def fetch_one(self, instance_id: str) -> InstanceRecord | None:
-        """The record of one instance, or ``None`` if it is gone or cannot be mirrored."""
+    def fetch_one(self, instance_id: str, facts: InstanceFacts | None = None
+                  ) -> InstanceRecord | None:
+        """The record of one instance. ``facts`` (size and Orthanc metadata, read from
+        Orthanc's index) spare two REST calls when given."""
         base = f"/instances/{instance_id}"
         tags = self.api.get_json(f"{base}/tags?simplify")
         for keyword in long_value_keywords(tags):
             # Orthanc's JSON answers null for values over 256 bytes; read them raw.
             raw = self.api.get_bytes(f"{base}/content/{tag_path(keyword)}")
             tags[keyword] = decode_text(raw, tags.get("SpecificCharacterSet"))
-        info = self.api.get_json(base)
-        metadata = self.api.get_json(f"{base}/metadata?expand")
+        if facts is None:
+            size = int(self.api.get_json(base).get("FileSize", 0))
+            metadata = self.api.get_json(f"{base}/metadata?expand")
+        else:
+            size, metadata = facts.file_size, facts.metadata
         return extract_instance(
             tags,
             instance_orthanc_id=instance_id,
-            file_size=int(info.get("FileSize", 0)),
+            file_size=size,
             orthanc_metadata=metadata,
             organization=self.organization_for(metadata),
         )
 
     def fetch(self, instance_ids: Sequence[str]) -> FetchResult:
         result = FetchResult(records=[])
+        unique = list(dict.fromkeys(instance_ids))
+        facts: dict[str, InstanceFacts] | None = None
+        if self.index is not None and unique:
+            try:
+                facts = self.index.instance_facts(unique)
+            except Exception as exc:  # noqa: BLE001 - the REST API still answers
+                log.warning("mirror.index_unavailable error=%r; reading through REST", str(exc))
 
         def one(instance_id: str) -> InstanceRecord | None | str:
+            if facts is not None and instance_id not in facts:
+                return "gone"
             try:
-                return self.fetch_one(instance_id)
+                return self.fetch_one(instance_id, facts[instance_id] if facts else None)
             except OrthancError as exc:
                 if exc.status == 404:
                     return "gone"  # deleted since it was logged: nothing to mirror
@@ -100,7 +116,6 @@ class Mirror:
                 log.warning("mirror.rejected instance=%s reason=%r", instance_id, str(exc))
                 return "rejected"
 
-        unique = list(dict.fromkeys(instance_ids))
         if self.fetch_workers > 1 and len(unique) > 1:
             with ThreadPoolExecutor(self.fetch_workers) as pool:
                 outcomes = list(pool.map(one, unique))
@@ -117,13 +132,38 @@ class Mirror:
 
     def ingest(self, instance_ids: Sequence[str], cursor_seq: int | None = None) -> int:
         """Fetch and write these instances (in batches); returns how many were written."""
-        written = 0
         ids = list(instance_ids)
-        for start in range(0, max(len(ids), 1), self.batch_size):
-            chunk = ids[start : start + self.batch_size]
-            is_last = start + self.batch_size >= len(ids)
-            fetched = self.fetch(chunk) if chunk else FetchResult(records=[])
-            written += self.writer.apply(fetched.records, cursor_seq if is_last else None)
+        chunks = [ids[i:i + self.batch_size] for i in range(0, len(ids), self.batch_size)]
+        if not chunks:
+            self.writer.apply([], cursor_seq)
+            return 0
+        return self.ingest_batches(
+            (chunk, cursor_seq if n == len(chunks) - 1 else None)
+            for n, chunk in enumerate(chunks))
+
+    def ingest_batches(self, batches: Iterable[tuple[Sequence[str], int | None]],
+                       on_written: Callable[[int], None] | None = None) -> int:
+        """Write each (instance ids, cursor) batch in its own transaction, reading the
+        next batch from Orthanc while the current one is written: reads and writes
+        load different processes, so overlapping them nearly halves a long ingest."""
+        written = 0
+        batches = iter(batches)
+        with ThreadPoolExecutor(1, thread_name_prefix="atrium-prefetch") as prefetch:
+
+            def read_next() -> Any:
+                batch = next(batches, None)
+                if batch is None:
+                    return None
+                ids, cursor = batch
+                return prefetch.submit(lambda: (self.fetch(ids), cursor, len(ids)))
+
+            pending = read_next()
+            while pending is not None:
+                fetched, cursor, listed = pending.result()
+                pending = read_next()
+                written += self.writer.apply(fetched.records, cursor)
+                if on_written:
+                    on_written(listed)
         return written
 
     # -- the change log ---------------------------------------------------------
@@ -177,8 +217,10 @@ class MirrorWorker:
 
     def __init__(self, mirror: Mirror, *, prepare: Callable[[], None],
                  full_check: Callable[[], None] | None = None,
-                 poll_seconds: float = 5.0, full_check_seconds: float = 3600.0) -> None:
+                 poll_seconds: float = 5.0, full_check_seconds: float = 3600.0,
+                 gather_seconds: float = 0.2) -> None:
         self.mirror = mirror
+        self.gather_seconds = gather_seconds
         self.prepare = prepare
         self.full_check = full_check
         self.poll_seconds = poll_seconds
@@ -224,7 +266,10 @@ class MirrorWorker:
                 backoff = 0.5
                 self.last_error = None
                 self.last_success = time.time()
-                self._wake.wait(self.poll_seconds)
+                if self._wake.wait(self.poll_seconds):
+                    # Let a burst of stores gather: one batch of many instances costs
+                    # Orthanc and PostgreSQL far less than many batches of one.
+                    self._stop.wait(self.gather_seconds)
             except Exception as exc:  # noqa: BLE001 - the worker must outlive any failure
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("mirror.retry error=%r backoff_s=%.1f", self.last_error, backoff)
