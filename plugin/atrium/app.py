@@ -44,6 +44,14 @@ def organization_resolver(settings: Settings) -> Any:
 MIRROR_FETCH_WORKERS = 4
 
 
+def maintain(pool: Any) -> None:
+    """Partitions ahead, expired audit months and old jobs (``atrium_maintain()``)."""
+    with pool.connection() as conn:
+        done = conn.execute("SELECT atrium_maintain()").fetchone()[0]
+    if any(done.values()):
+        log.info("maintenance %s", done)
+
+
 @dataclass
 class Atrium:
     settings: Settings
@@ -77,11 +85,13 @@ class Atrium:
             with pool.connection() as conn:
                 conn.execute("INSERT INTO organizations (name) VALUES (%s) "
                              "ON CONFLICT (name) DO NOTHING", (settings.default_organization,))
+            maintain(pool)
             if needs_backfill(mirror):
                 log.info("mirror.backfill reason=first start over a non-empty Orthanc")
                 backfill(mirror, pool.connection)
 
         def full_check() -> None:
+            maintain(pool)
             report = compare(reader, pool.connection)
             if not report.clean:
                 log.warning("mirror.full_check differences=%d", len(report.differences))

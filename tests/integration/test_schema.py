@@ -481,3 +481,20 @@ def test_a_failing_migration_leaves_nothing_half_applied(
             "SELECT to_regclass('a') IS NOT NULL, to_regclass('b') IS NULL"
         ).fetchone() == (True, True)
         assert conn.execute("SELECT array_agg(version) FROM schema_migrations").fetchone()[0] == [1]
+
+
+def test_maintenance_creates_months_ahead_and_deletes_old_finished_jobs(schema: Any) -> None:
+    schema.execute(
+        "INSERT INTO jobs (kind, status, finished_at) VALUES "
+        "('backfill', 'succeeded', now() - interval '91 days'), "
+        "('backfill', 'succeeded', now() - interval '89 days'), ('backfill', 'running', NULL)"
+    )
+    done = schema.execute("SELECT atrium_maintain()").fetchone()[0]
+    assert done["jobs_deleted"] == 1
+    assert schema.execute("SELECT count(*) FROM jobs WHERE kind = 'backfill'").fetchone()[0] == 2
+    last_month = schema.execute(
+        "SELECT to_char(date_trunc('month', now() AT TIME ZONE 'UTC') + interval '12 months', "
+        "'\"y\"YYYY\"m\"MM')"
+    ).fetchone()[0]
+    schema.execute(f"DROP TABLE audit_log_{last_month}")
+    assert schema.execute("SELECT atrium_maintain()").fetchone()[0]["partitions_created"] == 1
