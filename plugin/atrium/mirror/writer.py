@@ -227,8 +227,13 @@ _SOFT_DELETE = {
 LEVELS = tuple(_SOFT_DELETE)
 
 
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(InstanceRecord))
+
+
 def _row(record: InstanceRecord, organization_id: str) -> dict[str, Any]:
-    row = dataclasses.asdict(record)
+    # A shallow copy: dataclasses.asdict deep-copies every tag of the metadata and
+    # cost more than the rest of turning an instance into rows.
+    row = {name: getattr(record, name) for name in _RECORD_FIELDS}
     row["organization_id"] = organization_id
     for key, value in row.items():
         if hasattr(value, "isoformat"):
