@@ -46,7 +46,14 @@ if [ ! -x "$venv/bin/python" ] || [ "$("$venv/bin/python" -c 'import sys; print(
   rm -rf "$venv"
   "$python" -m venv "$venv"
 fi
-if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || ! grep -qx "$extras" "$stamp"; then
+# Installed already with these extras (or more: `make run` after `make test`)?
+installed=$(cat "$stamp" 2>/dev/null || true)
+satisfied=1
+[ -f "$stamp" ] && [ ! setup.cfg -nt "$stamp" ] || satisfied=0
+for extra in ${extras//,/ }; do
+  [[ ",$installed," == *",$extra,"* ]] || satisfied=0
+done
+if [ $satisfied -eq 0 ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -e ".[$extras]"
   echo "$extras" > "$stamp"
