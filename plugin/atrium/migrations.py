@@ -7,8 +7,8 @@ once): the second waits, then finds nothing left to do. An applied file whose
 content has changed since is refused rather than silently skipped — a migration
 is changed by adding a new one.
 
-After the files, ``atrium_ensure_partitions()`` creates the months ahead of the
-natively partitioned tables; running it on every start keeps a year in hand.
+Partitions ahead of time are not made here: migration 0004 creates the first
+year, and the running Atrium's upkeep (``atrium_maintain()``) keeps a year in hand.
 """
 
 from __future__ import annotations
@@ -107,9 +107,6 @@ def apply_migrations(database_url: str, directory: Path | None = None) -> list[s
             if unknown:
                 log.warning("the database has migrations this Atrium does not know: %s "
                             "(is an older version running?)", unknown)
-            ensure = conn.execute("SELECT to_regproc('atrium_ensure_partitions')").fetchone()
-            if ensure and ensure[0]:
-                conn.execute("SELECT atrium_ensure_partitions()")
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now
