@@ -7,10 +7,12 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg
 import pydicom
 import pytest
 from dicomweb_client.api import DICOMwebClient
 
+from atrium.devenv import wait_until
 from tests.integration.conftest import AtriumUnderTest
 from tests.support.dicomgen import StudySpec, make_instance, make_study, write_files
 
@@ -259,3 +261,31 @@ def test_dicom_without_study_uid_is_refused_or_skipped_without_harm(
     atrium.wait_mirrored(sop_uids(good))
     atrium.wait_caught_up()
     assert atrium.scalar("SELECT count(*) FROM patients WHERE patient_id = 'NO-STUDY-UID'") == 0
+
+
+def test_every_instance_gets_its_whole_header_and_a_replay_keeps_it(
+        atrium: AtriumUnderTest) -> None:
+    """Rows come first from Orthanc's index (one file read per series); each
+    instance's whole header follows when Orthanc is idle, and replaying the change
+    log does not take it back."""
+    spec = StudySpec(patient_id="HEADER-1", series=1, instances_per_series=6)
+    blobs = make_study(spec)
+    with ThreadPoolExecutor(3) as pool:
+        assert all(r.status_code == 200 for r in pool.map(atrium.upload, blobs))
+    uids = sop_uids(blobs)
+    atrium.wait_mirrored(uids)
+
+    def complete() -> list[tuple[object, ...]]:
+        return atrium.sql(
+            "SELECT acquisition_date::text, acquisition_time::text, "
+            "metadata->'tags'->>'PhotometricInterpretation', metadata->>'tags_source' "
+            "FROM instances WHERE sop_instance_uid = ANY(%s)", (uids,))
+
+    wait_until(lambda: all(row[3] == "file" for row in complete()), 30,
+               what="every header completed from its file")
+    assert complete() == [("2024-01-31", "10:16:00.5", "MONOCHROME2", "file")] * 6
+
+    with psycopg.connect(atrium.database_url, autocommit=True) as conn:
+        conn.execute("UPDATE mirror_state SET last_seq = 0 WHERE name = 'orthanc'")
+    atrium.wait_caught_up()
+    assert [row[3] for row in complete()] == ["file"] * 6

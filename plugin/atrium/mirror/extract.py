@@ -27,6 +27,7 @@ __all__ = [
     "extract_instance",
     "orthanc_id",
     "sanitize_json",
+    "series_header",
 ]
 
 # Tags that describe the patient, study and series levels; they are kept in the
@@ -48,6 +49,16 @@ SERIES_TAGS = (
 
 MIRRORED_TEXT_TAGS = tuple(dict.fromkeys(
     k for k in PATIENT_TAGS + STUDY_TAGS + SERIES_TAGS if not k.endswith("UID")))
+
+# What every instance of a series shares with the others: read from one file of the
+# series, they complete the instance-level tags that Orthanc's index holds.
+SERIES_HEADER_TAGS = tuple(dict.fromkeys(
+    ("SpecificCharacterSet",) + PATIENT_TAGS + STUDY_TAGS + SERIES_TAGS))
+
+# ``instances.metadata.tags_source``: "file" when ``tags`` holds the whole header
+# of the instance's file, "index" while it holds only what Orthanc indexes (the
+# series header and the instance's main tags); the mirror completes those later.
+TAGS_FROM_FILE, TAGS_FROM_INDEX = "file", "index"
 
 # Values bigger than this are left out of ``instances.metadata``: they are binary
 # payloads or huge sequences, not searchable header data, and stay in Orthanc.
@@ -234,13 +245,20 @@ def _pick(tags: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
     return {name: sanitize_json(tags[name]) for name in names if name in tags}
 
 
-def _instance_metadata(tags: dict[str, Any], orthanc_metadata: dict[str, Any]) -> dict[str, Any]:
+def series_header(tags: dict[str, Any]) -> dict[str, Any]:
+    """The tags of one instance's file that all instances of its series share."""
+    return {name: tags[name] for name in SERIES_HEADER_TAGS if name in tags}
+
+
+def _instance_metadata(tags: dict[str, Any], orthanc_metadata: dict[str, Any],
+                       tags_source: str) -> dict[str, Any]:
     cleaned = sanitize_json({k: v for k, v in tags.items() if k != "PixelData"})
     if len(repr(cleaned)) > MAX_METADATA_CHARS:
         # A pathological header (e.g. thousands of sequence items): keep the flat
         # values only, the full header stays available from Orthanc.
         cleaned = {k: v for k, v in cleaned.items() if not isinstance(v, (list, dict))}
-    return {"tags": cleaned, "orthanc": sanitize_json(orthanc_metadata)}
+    return {"tags": cleaned, "orthanc": sanitize_json(orthanc_metadata),
+            "tags_source": tags_source}
 
 
 def extract_instance(
@@ -250,8 +268,10 @@ def extract_instance(
     file_size: int,
     orthanc_metadata: dict[str, Any],
     organization: str,
+    tags_source: str = TAGS_FROM_FILE,
 ) -> InstanceRecord:
-    """The mirror's rows for one instance.
+    """The mirror's rows for one instance. ``tags_source`` says whether ``tags`` is
+    the file's whole header or only what Orthanc indexes (see ``TAGS_FROM_INDEX``).
 
     Raises
     ------
@@ -309,5 +329,5 @@ def extract_instance(
         acquisition_time=parse_time(tags.get("AcquisitionTime")),
         storage_path=f"orthanc://instances/{instance_orthanc_id}",
         file_size_bytes=max(int(file_size), 0),
-        instance_metadata=_instance_metadata(tags, orthanc_metadata),
+        instance_metadata=_instance_metadata(tags, orthanc_metadata, tags_source),
     )

@@ -17,18 +17,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from atrium.mirror.extract import (
+    TAGS_FROM_FILE,
+    TAGS_FROM_INDEX,
     InstanceRecord,
     MissingIdentifier,
     decode_text,
     extract_instance,
     long_value_keywords,
+    series_header,
     tag_path,
 )
 from atrium.mirror.orthanc_index import InstanceFacts, OrthancIndex
@@ -49,11 +52,56 @@ OrganizationResolver = Callable[[dict[str, Any]], str]
 """Orthanc's metadata of an instance (``RemoteAET``, ``Origin``...) → organization name."""
 
 
+Outcome = InstanceRecord | str  # a record, "gone" or "rejected"
+
+
 @dataclass
 class FetchResult:
     records: list[InstanceRecord]
     gone: int = 0
     rejected: int = 0
+
+    def add(self, outcome: Outcome) -> FetchResult:
+        if isinstance(outcome, InstanceRecord):
+            self.records.append(outcome)
+        elif outcome == "gone":
+            self.gone += 1
+        else:
+            self.rejected += 1
+        return self
+
+    def merge(self, other: FetchResult) -> None:
+        self.records.extend(other.records)
+        self.gone += other.gone
+        self.rejected += other.rejected
+
+
+class SeriesHeaders:
+    """The last few thousand series headers read, by Orthanc series id. Forgotten
+    whenever something is deleted: a series deleted and stored again may carry
+    other patient or study attributes."""
+
+    def __init__(self, capacity: int = 4096) -> None:
+        self.capacity = capacity
+        self._headers: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, series_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            header = self._headers.get(series_id)
+            if header is not None:
+                self._headers.move_to_end(series_id)
+            return header
+
+    def put(self, series_id: str, header: dict[str, Any]) -> None:
+        with self._lock:
+            self._headers[series_id] = header
+            while len(self._headers) > self.capacity:
+                self._headers.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._headers.clear()
 
 
 class Mirror:
@@ -68,33 +116,36 @@ class Mirror:
         self.organization_for = organization_for
         self.batch_size = batch_size
         self.fetch_workers = fetch_workers
+        self._headers = SeriesHeaders()
+        self._tags_sweep_after: Any = None
 
     # -- reading Orthanc ------------------------------------------------------
-    def fetch_one(self, instance_id: str, facts: InstanceFacts | None = None
-                  ) -> InstanceRecord | None:
-        """The record of one instance. ``facts`` (size and Orthanc metadata, read from
-        Orthanc's index) spare two REST calls when given."""
+    def file_tags(self, instance_id: str) -> dict[str, Any]:
+        """The whole header of an instance's file, as Orthanc parses it."""
         base = f"/instances/{instance_id}"
-        tags = self.api.get_json(f"{base}/tags?simplify")
+        tags: dict[str, Any] = self.api.get_json(f"{base}/tags?simplify")
         for keyword in long_value_keywords(tags):
             # Orthanc's JSON answers null for values over 256 bytes; read them raw.
             raw = self.api.get_bytes(f"{base}/content/{tag_path(keyword)}")
             tags[keyword] = decode_text(raw, tags.get("SpecificCharacterSet"))
-        if facts is None:
-            size = int(self.api.get_json(base).get("FileSize", 0))
-            metadata = self.api.get_json(f"{base}/metadata?expand")
-        else:
-            size, metadata = facts.file_size, facts.metadata
+        return tags
+
+    def _record(self, instance_id: str, tags: dict[str, Any], size: int,
+                metadata: dict[str, Any], tags_source: str) -> InstanceRecord:
         return extract_instance(
             tags,
             instance_orthanc_id=instance_id,
             file_size=size,
             orthanc_metadata=metadata,
             organization=self.organization_for(metadata),
+            tags_source=tags_source,
         )
 
     def fetch(self, instance_ids: Sequence[str]) -> FetchResult:
-        result = FetchResult(records=[])
+        """Records of these instances. With Orthanc's index at hand, one query gives
+        every instance's own main tags, size and metadata, and one file per series
+        gives what the instances of the series share: Orthanc parses one file per
+        series instead of one per instance. Without it, every file is read."""
         unique = list(dict.fromkeys(instance_ids))
         facts: dict[str, InstanceFacts] | None = None
         if self.index is not None and unique:
@@ -102,33 +153,101 @@ class Mirror:
                 facts = self.index.instance_facts(unique)
             except Exception as exc:  # noqa: BLE001 - the REST API still answers
                 log.warning("mirror.index_unavailable error=%r; reading through REST", str(exc))
+        if facts is None:
+            return self._fetch_files(unique)
+        known = facts
+        result = FetchResult(records=[], gone=sum(1 for i in unique if i not in known))
+        by_series: dict[str, list[str]] = {}
+        for instance_id in unique:
+            if instance_id in known:
+                by_series.setdefault(known[instance_id].series_id, []).append(instance_id)
+        for part in self._map(lambda ids: self._fetch_series(ids, known),
+                              list(by_series.values())):
+            result.merge(part)
+        return result
 
-        def one(instance_id: str) -> InstanceRecord | None | str:
-            if facts is not None and instance_id not in facts:
-                return "gone"
+    def _fetch_series(self, instance_ids: list[str], facts: dict[str, InstanceFacts]
+                      ) -> FetchResult:
+        """Records of instances of one series, from the series header (cached, or read
+        from the first file of the batch that Orthanc still has) and the index."""
+        result = FetchResult(records=[])
+        series_id = facts[instance_ids[0]].series_id
+        header = self._headers.get(series_id)
+        remaining = list(instance_ids)
+        while header is None and remaining:
+            first = remaining.pop(0)
+            outcome, tags = self._one_file(first, facts[first])
+            result.add(outcome)
+            if tags is not None:
+                header = series_header(tags)
+                self._headers.put(series_id, header)
+        if header is None:
+            return result  # every instance of the batch has gone
+        for instance_id in remaining:
+            known = facts[instance_id]
             try:
-                return self.fetch_one(instance_id, facts[instance_id] if facts else None)
-            except OrthancError as exc:
-                if exc.status == 404:
-                    return "gone"  # deleted since it was logged: nothing to mirror
-                raise
+                record: Outcome = self._record(instance_id, {**header, **known.main_tags},
+                                               known.file_size, known.metadata,
+                                               TAGS_FROM_INDEX)
             except MissingIdentifier as exc:
                 log.warning("mirror.rejected instance=%s reason=%r", instance_id, str(exc))
-                return "rejected"
-
-        if self.fetch_workers > 1 and len(unique) > 1:
-            with ThreadPoolExecutor(self.fetch_workers) as pool:
-                outcomes = list(pool.map(one, unique))
-        else:
-            outcomes = [one(i) for i in unique]
-        for outcome in outcomes:
-            if outcome == "gone":
-                result.gone += 1
-            elif outcome == "rejected":
-                result.rejected += 1
-            elif isinstance(outcome, InstanceRecord):
-                result.records.append(outcome)
+                record = "rejected"
+            result.add(record)
         return result
+
+    def _one_file(self, instance_id: str, facts: InstanceFacts | None
+                  ) -> tuple[Outcome, dict[str, Any] | None]:
+        """One instance read from its file: (record, "gone" or "rejected"; its tags)."""
+        try:
+            tags = self.file_tags(instance_id)
+            if facts is None:
+                base = f"/instances/{instance_id}"
+                size = int(self.api.get_json(base).get("FileSize", 0))
+                metadata = self.api.get_json(f"{base}/metadata?expand")
+            else:
+                size, metadata = facts.file_size, facts.metadata
+            return self._record(instance_id, tags, size, metadata, TAGS_FROM_FILE), tags
+        except OrthancError as exc:
+            if exc.status == 404:
+                return "gone", None  # deleted since it was logged: nothing to mirror
+            raise
+        except MissingIdentifier as exc:
+            log.warning("mirror.rejected instance=%s reason=%r", instance_id, str(exc))
+            return "rejected", None
+
+    def _fetch_files(self, instance_ids: list[str],
+                     facts: dict[str, InstanceFacts] | None = None) -> FetchResult:
+        """Records of these instances, each read from its file."""
+        def one(instance_id: str) -> FetchResult:
+            if facts is not None and instance_id not in facts:
+                return FetchResult(records=[], gone=1)
+            outcome, _ = self._one_file(instance_id, facts.get(instance_id) if facts else None)
+            return FetchResult(records=[]).add(outcome)
+
+        result = FetchResult(records=[])
+        for part in self._map(one, instance_ids):
+            result.merge(part)
+        return result
+
+    def _map(self, work: Callable[[Any], FetchResult], items: list[Any]) -> list[FetchResult]:
+        if self.fetch_workers > 1 and len(items) > 1:
+            with ThreadPoolExecutor(self.fetch_workers) as pool:
+                return list(pool.map(work, items))
+        return [work(item) for item in items]
+
+    def complete_tags(self, limit: int = 100) -> int:
+        """Replace the index-only tags of up to ``limit`` instances by their files'
+        whole headers; returns how many instances were looked at (0: none left).
+        Sweeps the table by id, so instances that cannot be read do not block it."""
+        ids = self.writer.instances_with_index_tags(self._tags_sweep_after, limit)
+        if not ids:
+            self._tags_sweep_after = None
+            return 0
+        self._tags_sweep_after = ids[-1][0]
+        facts = self.index.instance_facts([o for _, o in ids]) if self.index else None
+        fetched = self._fetch_files([o for _, o in ids], facts)
+        self.writer.apply(fetched.records)
+        return len(ids)
 
     def ingest(self, instance_ids: Sequence[str], cursor_seq: int | None = None) -> int:
         """Fetch and write these instances (in batches); returns how many were written."""
@@ -197,6 +316,7 @@ class Mirror:
     def apply_deletions(self, deletions: Iterable[tuple[str, str]]) -> int:
         """Soft-delete resources that Orthanc no longer has. Each is checked first: a
         resource deleted and stored again before its event was handled stays live."""
+        self._headers.clear()
         by_level: dict[str, list[str]] = {}
         for level, orthanc_id in deletions:
             if level in LEVEL_PATHS and not self.still_exists(level, orthanc_id):
@@ -218,9 +338,11 @@ class MirrorWorker:
     def __init__(self, mirror: Mirror, *, prepare: Callable[[], None],
                  full_check: Callable[[], None] | None = None,
                  poll_seconds: float = 5.0, full_check_seconds: float = 3600.0,
-                 gather_seconds: float = 0.2) -> None:
+                 gather_seconds: float = 0.2, idle_seconds: float = 1.0) -> None:
         self.mirror = mirror
         self.gather_seconds = gather_seconds
+        self.idle_seconds = idle_seconds
+        self._last_new_instance = 0.0
         self.prepare = prepare
         self.full_check = full_check
         self.poll_seconds = poll_seconds
@@ -262,10 +384,12 @@ class MirrorWorker:
         backoff = 0.5
         while not self._stop.is_set():
             try:
-                self.step()
+                more = self.step()
                 backoff = 0.5
                 self.last_error = None
                 self.last_success = time.time()
+                if more:
+                    continue
                 if self._wake.wait(self.poll_seconds):
                     # Let a burst of stores gather: one batch of many instances costs
                     # Orthanc and PostgreSQL far less than many batches of one.
@@ -276,10 +400,13 @@ class MirrorWorker:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    def step(self) -> None:
-        """One pass: migrations once, queued deletions, the change log, and the full
-        comparison when due. Raises on failure; nothing is lost (the deletions stay
-        queued, the cursor has not moved)."""
+    def step(self) -> bool:
+        """One pass: migrations once, queued deletions, the change log, the full
+        comparison when due, and — only when no instance arrived for ``idle_seconds``
+        — one batch of headers to complete, so that this work never competes with a
+        burst of stores. Returns whether headers remain to complete. Raises on
+        failure; nothing is lost (the deletions stay queued, the cursor has not
+        moved)."""
         self._wake.clear()
         if not self._prepared:
             self.prepare()
@@ -289,7 +416,12 @@ class MirrorWorker:
             self.mirror.apply_deletions(pending)
             for _ in pending:
                 self._deletions.popleft()
-        self.mirror.catch_up()
+        if self.mirror.catch_up():
+            self._last_new_instance = time.monotonic()
         if self.full_check is not None and time.monotonic() >= self._next_full_check:
             self.full_check()
             self._next_full_check = time.monotonic() + self.full_check_seconds
+        if time.monotonic() - self._last_new_instance < self.idle_seconds:
+            self._wake.set()  # come back when the burst may be over
+            return False
+        return self.mirror.complete_tags() > 0

@@ -117,16 +117,29 @@ ON CONFLICT (series_instance_uid) DO UPDATE SET
 RETURNING id, study_id
 """
 
+# An instance whose whole header is already mirrored keeps it when the same file
+# comes again with the index's tags only (a replay of the change log): the header
+# cannot have changed while Orthanc's id and the file size stay the same.
 _UPSERT_INSTANCES = """
 INSERT INTO instances (sop_instance_uid, series_id, instance_number, acquisition_date,
                        acquisition_time, orthanc_id, storage_path, file_size_bytes, metadata)
-SELECT r.sop_instance_uid, se.id, r.instance_number, r.acquisition_date, r.acquisition_time,
-       r.instance_orthanc_id, r.storage_path, r.file_size_bytes, r.instance_metadata
+SELECT r.sop_instance_uid, se.id, r.instance_number,
+       CASE WHEN k.keep THEN old.acquisition_date ELSE r.acquisition_date END,
+       CASE WHEN k.keep THEN old.acquisition_time ELSE r.acquisition_time END,
+       r.instance_orthanc_id, r.storage_path, r.file_size_bytes,
+       CASE WHEN k.keep
+            THEN jsonb_set(old.metadata, '{orthanc}', r.instance_metadata->'orthanc')
+            ELSE r.instance_metadata END
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
     sop_instance_uid text, series_instance_uid text, instance_number integer,
     acquisition_date date, acquisition_time time, instance_orthanc_id text,
     storage_path text, file_size_bytes bigint, instance_metadata jsonb)
 JOIN series se ON se.series_instance_uid = r.series_instance_uid
+LEFT JOIN instances old ON old.sop_instance_uid = r.sop_instance_uid
+CROSS JOIN LATERAL (SELECT r.instance_metadata->>'tags_source' = 'index'
+                           AND old.metadata->>'tags_source' = 'file'
+                           AND old.orthanc_id = r.instance_orthanc_id
+                           AND old.file_size_bytes = r.file_size_bytes AS keep) k
 ORDER BY r.sop_instance_uid
 ON CONFLICT (sop_instance_uid) DO UPDATE SET
     series_id = EXCLUDED.series_id,
@@ -142,6 +155,15 @@ WHERE (instances.series_id, instances.orthanc_id, instances.file_size_bytes,
        instances.deleted_at, instances.metadata)
   IS DISTINCT FROM (EXCLUDED.series_id, EXCLUDED.orthanc_id, EXCLUDED.file_size_bytes,
        NULL::timestamptz, EXCLUDED.metadata)
+"""
+
+# Live instances whose metadata holds only the index's tags, in id order from a
+# sweep position (partial index idx_instances_tags_from_index).
+_INSTANCES_WITH_INDEX_TAGS = """
+SELECT id, orthanc_id FROM instances
+WHERE metadata->>'tags_source' = 'index' AND deleted_at IS NULL
+  AND (%(after)s::uuid IS NULL OR id > %(after)s::uuid)
+ORDER BY id LIMIT %(limit)s
 """
 
 _RECOUNT_SERIES = """
@@ -325,6 +347,13 @@ class MirrorWriter:
                 "WHERE se.orthanc_id = ANY(%(ids)s) OR st.orthanc_id = ANY(%(ids)s)",
                 {"ids": list(orthanc_ids)}).fetchall()]
             self._recount(conn, series_ids)
+
+    def instances_with_index_tags(self, after: Any, limit: int) -> list[tuple[Any, str]]:
+        """(id, Orthanc id) of live instances still lacking their whole header, after
+        id ``after`` (None: from the start)."""
+        with self._connect() as conn:
+            return [(row[0], row[1]) for row in conn.execute(
+                _INSTANCES_WITH_INDEX_TAGS, {"after": after, "limit": limit}).fetchall()]
 
     def cursor(self) -> int:
         with self._connect() as conn:
