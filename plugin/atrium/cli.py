@@ -2,7 +2,8 @@
 
 ``run`` is the local environment behind ``make run``; the other commands act on a
 running Atrium: ``migrate``, ``verify`` (exit 1 when the mirror differs from
-Orthanc), ``reconcile``, ``backfill``, ``status``.
+Orthanc), ``reconcile``, ``backfill``, ``status``. ``token`` prints a token signed
+by the local dev issuer (when no ``ATRIUM_OIDC_ISSUER`` is configured).
 """
 
 from __future__ import annotations
@@ -125,6 +126,37 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     return 0 if response.ok else 1
 
 
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a dev-issuer token on stdout alone, so ``TOKEN=$(atrium token ...)`` works."""
+    from atrium.auth.dev_issuer import DEFAULT_TTL_SECONDS, DevIssuerError, load_or_create
+
+    if settings.oidc_issuer:
+        print(f"atrium: ATRIUM_OIDC_ISSUER is set ({settings.oidc_issuer}), so Atrium accepts "
+              "only that issuer's tokens; get a token from it instead", file=sys.stderr)
+        return 2
+    try:
+        token = load_or_create(settings.data_dir).mint(
+            args.user, args.role, args.org, audience=settings.oidc_audience,
+            org_claim=settings.org_claim, email=args.email,
+            ttl=DEFAULT_TTL_SECONDS if args.ttl is None else args.ttl)
+    except DevIssuerError as error:
+        print(f"atrium: {error}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
+
+
+def _token_arguments(command: argparse.ArgumentParser) -> None:
+    from atrium.auth.principal import KNOWN_ROLES  # cheap; dev_issuer loads cryptography
+
+    command.add_argument("--user", required=True, help="user name (preferred_username)")
+    command.add_argument("--role", action="append", required=True, choices=sorted(KNOWN_ROLES),
+                         help="a role; repeat for several")
+    command.add_argument("--org", required=True, help="the user's organization")
+    command.add_argument("--ttl", type=int, help="lifetime in seconds (default 3600)")
+    command.add_argument("--email", help="the user's e-mail address (optional)")
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from atrium.devenv import LocalCluster, OrthancProcess, orthanc_config
     from atrium.migrations import apply_migrations
@@ -184,6 +216,7 @@ COMMANDS = {
     "reconcile": (cmd_reconcile, "repair every difference between Orthanc and the mirror"),
     "backfill": (cmd_backfill, "mirror everything Orthanc holds, as a job with progress"),
     "status": (cmd_status, "print the mirror's status"),
+    "token": (cmd_token, "print a token signed by the local dev issuer"),
 }
 
 
@@ -198,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         if name == "backfill":
             command.add_argument("--workers", type=int, default=4,
                                  help="parallel reads from Orthanc (default 4)")
+        if name == "token":
+            _token_arguments(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")

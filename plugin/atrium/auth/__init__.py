@@ -1,0 +1,1 @@
+"""Authentication and authorization: bearer tokens, principals and their roles, audit."""
