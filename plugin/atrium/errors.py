@@ -3,18 +3,54 @@
 Code raises an :class:`ApiError` subclass; the router alone turns it into an
 ``application/problem+json`` answer. Anything else that escapes a handler becomes
 a 500 problem without details (the log has the traceback).
+
+Invalid input names what is wrong: :meth:`BadRequest.invalid` takes
+:class:`FieldError` values and answers a ``detail`` sentence naming the first field
+plus a machine-readable ``errors`` list, one entry per field, so a client can put
+each message next to the right form input.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 __all__ = [
-    "ApiError", "BadRequest", "Conflict", "Forbidden", "MethodNotAllowed", "NotFound",
-    "PayloadTooLarge", "ServiceUnavailable", "Unauthorized", "UnsupportedMediaType",
+    "PROBLEM_SCHEMA", "ApiError", "BadRequest", "Conflict", "FieldError", "Forbidden",
+    "MethodNotAllowed", "NotFound", "PayloadTooLarge", "ServiceUnavailable", "Unauthorized",
+    "UnsupportedMediaType",
 ]
 
 PROBLEM_BASE = "https://atrium.dev/problems/"
+
+Location = Literal["path", "query", "header", "body"]
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One rejected input: where it was, which field, and what to send instead.
+
+    ``field`` is a dotted path into the input (``coordinates[2].x``); it is empty
+    when the input as a whole is wrong (a body that is not JSON). ``message`` is
+    written for the caller and never repeats the rejected value, which may be large
+    or carry PHI.
+    """
+
+    location: Location
+    field: str
+    message: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"in": self.location, "field": self.field, "message": self.message}
+
+    def sentence(self) -> str:
+        where = {"path": "path parameter", "query": "query parameter",
+                 "header": "header", "body": "body field"}[self.location]
+        if not self.field:
+            return f"Invalid {'request body' if self.location == 'body' else where}: " \
+                   f"{self.message}"
+        return f"Invalid {where} '{self.field}': {self.message}"
 
 
 class ApiError(Exception):
@@ -34,6 +70,16 @@ class ApiError(Exception):
 
 class BadRequest(ApiError):
     status, slug, title = 400, "invalid-request", "Invalid request"
+
+    @classmethod
+    def invalid(cls, errors: Sequence[FieldError]) -> BadRequest:
+        """The problem for one or more rejected fields; ``errors`` must not be empty."""
+        if not errors:
+            raise ValueError("BadRequest.invalid needs at least one FieldError")
+        detail = errors[0].sentence()
+        if len(errors) > 1:
+            detail += f" (and {len(errors) - 1} more; see 'errors')"
+        return cls(detail, errors=[error.as_json() for error in errors])
 
 
 class Unauthorized(ApiError):
@@ -70,3 +116,33 @@ class UnsupportedMediaType(ApiError):
 
 class ServiceUnavailable(ApiError):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An RFC 9457 problem document (application/problem+json).",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer", "minimum": 400, "maximum": 599},
+        "detail": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "description": "Present on 400: one entry per rejected field.",
+            "items": {
+                "type": "object",
+                "required": ["in", "field", "message"],
+                "properties": {
+                    "in": {"enum": ["path", "query", "header", "body"]},
+                    "field": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+        "allowed": {"type": "array", "items": {"type": "string"},
+                    "description": "Present on 405: the methods the path accepts."},
+    },
+}
+"""What every problem document answered by the router looks like (OpenAPI's
+``Problem`` component)."""
