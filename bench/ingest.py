@@ -131,7 +131,11 @@ def storescu_ingest(port: int, files: list[Path]) -> float:
 
 
 class RowWatcher(threading.Thread):
-    """Records when each instance row first becomes visible in the mirror."""
+    """Records when each instance row first becomes visible in the mirror.
+
+    Each poll asks only for rows written by transactions newer than the last one
+    seen (the mirror has one writer, so its transactions commit in order): the
+    observer must not load the machine it measures."""
 
     def __init__(self, database_url: str) -> None:
         super().__init__(daemon=True)
@@ -140,12 +144,16 @@ class RowWatcher(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
+        last_xid = 0
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             while not self.stop.is_set():
-                rows = conn.execute("SELECT sop_instance_uid FROM instances").fetchall()
+                rows = conn.execute(
+                    "SELECT sop_instance_uid, xmin::text::bigint FROM instances "
+                    "WHERE xmin::text::bigint > %s", (last_xid,)).fetchall()
                 now = time.time()
-                for (sop,) in rows:
+                for sop, xid in rows:
                     self.seen.setdefault(sop, now)
+                    last_xid = max(last_xid, xid)
                 self.stop.wait(0.02)
 
 
