@@ -4,6 +4,7 @@
 running Atrium: ``migrate``, ``verify`` (exit 1 when the mirror differs from
 Orthanc), ``reconcile``, ``backfill``, ``status``. ``token`` prints a token signed
 by the local dev issuer (when no ``ATRIUM_OIDC_ISSUER`` is configured).
+``audit verify`` checks the audit log's hash chain (exit 1 naming the first broken row).
 """
 
 from __future__ import annotations
@@ -63,6 +64,18 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
     applied = apply_migrations(settings.database_url)
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
+
+
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    """``audit verify``: exit 0 when the hash chain is intact, 1 naming the first broken row."""
+    import psycopg
+
+    from atrium.auth.audit import verify_chain
+
+    with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
+        result = verify_chain(conn)
+    print(result.describe())
+    return 0 if result.ok else 1
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
@@ -212,6 +225,7 @@ Atrium is running (Ctrl-C stops everything).
 COMMANDS = {
     "run": (cmd_run, "start PostgreSQL and Orthanc with Atrium in the foreground"),
     "migrate": (cmd_migrate, "apply pending database migrations"),
+    "audit": (cmd_audit, "audit log: `audit verify` checks its hash chain"),
     "verify": (cmd_verify, "list every difference between Orthanc and the mirror"),
     "reconcile": (cmd_reconcile, "repair every difference between Orthanc and the mirror"),
     "backfill": (cmd_backfill, "mirror everything Orthanc holds, as a job with progress"),
@@ -228,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text)
+        if name == "audit":
+            command.add_argument("audit_command", choices=["verify"])
         if name == "backfill":
             command.add_argument("--workers", type=int, default=4,
                                  help="parallel reads from Orthanc (default 4)")
