@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pydicom.uid import generate_uid  # noqa: E402
 
+from atrium.auth.internal import INTERNAL_HEADER, internal_secret  # noqa: E402
 from atrium.devenv import (  # noqa: E402
     REPO_ROOT,
     LocalCluster,
@@ -84,11 +85,13 @@ def start_orthanc(root: Path, cluster: LocalCluster, name: str, with_atrium: boo
     return process, database_url
 
 
-def rest_ingest(url: str, data: list[tuple[str, bytes]], acks: dict[str, float]) -> float:
+def rest_ingest(url: str, data: list[tuple[str, bytes]], acks: dict[str, float],
+                headers: dict[str, str]) -> float:
     chunks = [data[i::CLIENTS] for i in range(CLIENTS)]
 
     def client(chunk: list[tuple[str, bytes]]) -> None:
         with requests.Session() as session:
+            session.headers.update(headers)
             for sop, blob in chunk:
                 response = session.post(f"{url}/instances", data=blob, timeout=60)
                 response.raise_for_status()
@@ -101,10 +104,11 @@ def rest_ingest(url: str, data: list[tuple[str, bytes]], acks: dict[str, float])
 
 
 def paced_ingest(url: str, data: list[tuple[str, bytes]], rate: float,
-                 acks: dict[str, float]) -> None:
+                 acks: dict[str, float], headers: dict[str, str]) -> None:
     """One client storing at a steady ``rate`` per second: a busy department, not a burst."""
     started = time.perf_counter()
     with requests.Session() as session:
+        session.headers.update(headers)
         for n, (sop, blob) in enumerate(data):
             delay = started + n / rate - time.perf_counter()
             if delay > 0:
@@ -191,7 +195,10 @@ def main() -> int:
             if watcher:
                 watcher.start()
             acks: dict[str, float] = {}
-            rest_s = rest_ingest(process.url, rest_data, acks)
+            # Atrium's request filter lets only credentials through to Orthanc's own
+            # API; the clients use Atrium's internal one (the baseline ignores it).
+            headers = {INTERNAL_HEADER: internal_secret(root / name)}
+            rest_s = rest_ingest(process.url, rest_data, acks, headers)
             scu_s = storescu_ingest(int(process.config["DicomPort"]), scu_files)
             results[name] = {"rest": args.instances / rest_s, "storescu": args.instances / scu_s}
             print(f"{name:7} Atrium: REST {results[name]['rest']:7.1f} inst/s   "
@@ -201,7 +208,7 @@ def main() -> int:
                            what="every instance in the mirror")
                 lag_lines.append(lag_line(f"REST burst, {CLIENTS} clients", watcher, acks))
                 paced_acks: dict[str, float] = {}
-                paced_ingest(process.url, paced_data, PACED_RATE, paced_acks)
+                paced_ingest(process.url, paced_data, PACED_RATE, paced_acks, headers)
                 wait_until(lambda w=watcher: len(w.seen) >= 2 * args.instances + PACED_COUNT,
                            60, what="the paced instances in the mirror")
                 watcher.stop.set()

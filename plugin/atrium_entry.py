@@ -13,6 +13,7 @@ import logging
 import os
 import site
 import sys
+import threading
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -41,7 +42,7 @@ import orthanc  # noqa: E402
 from atrium.api.http import Request, Response  # noqa: E402
 from atrium.app import Atrium  # noqa: E402
 from atrium.orthanc_api import SdkOrthancApi  # noqa: E402
-from atrium.settings import SettingsError, load_settings  # noqa: E402
+from atrium.settings import PUBLIC_DICOMWEB_ROOT, SettingsError, load_settings  # noqa: E402
 
 
 class _OrthancLogHandler(logging.Handler):
@@ -119,19 +120,57 @@ def _answer(output: object, response: Response) -> None:
             output.SendHttpStatus(response.status, response.body)  # type: ignore[attr-defined]
 
 
+# Orthanc gives the client's address to the request filter only; the route that
+# serves the request runs next on the same HTTP thread and reads it from here.
+_client = threading.local()
+
+_METHODS = {
+    orthanc.HttpMethod.GET: "GET", orthanc.HttpMethod.POST: "POST",
+    orthanc.HttpMethod.PUT: "PUT", orthanc.HttpMethod.DELETE: "DELETE",
+}
+
+
+def incoming_request_filter(uri: str, method: object, ip: str, headers: dict[str, str],
+                            get: object = None) -> bool:
+    """Intervention: every HTTP request Orthanc receives, before it is routed.
+    ``get`` is passed for GET requests only."""
+    _client.ip = ip
+    lowered = {str(k).lower(): str(v) for k, v in dict(headers or {}).items()}
+    name = _METHODS.get(method, str(method))  # type: ignore[call-overload]
+    return _app.request_filter.allow(uri, name, ip, lowered)
+
+
 def on_api(output: object, uri: str, **request: object) -> None:
     """Intervention: every ``/api/...`` request."""
     headers = {str(k).lower(): str(v) for k, v in dict(request.get("headers") or {}).items()}
     body = request.get("body") or b""
-    response = _app.router.handle(Request(
+    response = _app.api.handle(Request(
         method=str(request.get("method", "GET")),
         path=uri,
         query={str(k): str(v) for k, v in dict(request.get("get") or {}).items()},
         headers=headers,
         body=body if isinstance(body, bytes) else str(body).encode(),
+        client_ip=getattr(_client, "ip", ""),
+    ))
+    _answer(output, response)
+
+
+def on_dicomweb(output: object, uri: str, **request: object) -> None:
+    """Intervention: every request to the public DICOMweb root (Atrium's gateway)."""
+    headers = {str(k).lower(): str(v) for k, v in dict(request.get("headers") or {}).items()}
+    body = request.get("body") or b""
+    response = _app.dicomweb.handle(Request(
+        method=str(request.get("method", "GET")),
+        path=uri[len(PUBLIC_DICOMWEB_ROOT) - 1:],
+        query={str(k): str(v) for k, v in dict(request.get("get") or {}).items()},
+        headers=headers,
+        body=body if isinstance(body, bytes) else str(body).encode(),
+        client_ip=getattr(_client, "ip", ""),
     ))
     _answer(output, response)
 
 
 orthanc.RegisterOnChangeCallback(on_change)
+orthanc.RegisterIncomingHttpRequestFilter(incoming_request_filter)
 orthanc.RegisterRestCallback("/api/(.*)", on_api)
+orthanc.RegisterRestCallback(PUBLIC_DICOMWEB_ROOT + "(.*)", on_dicomweb)

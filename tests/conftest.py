@@ -18,7 +18,7 @@ import pytest
 
 from atrium.devenv import LocalCluster
 
-pytest_plugins = ["tests.integration.s3server"]
+pytest_plugins = ["tests.integration.s3server", "tests.support.oidc_issuer"]
 
 
 def free_port() -> int:

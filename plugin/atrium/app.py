@@ -11,9 +11,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from atrium.api import health, mirror_status
+from atrium.api import health, me, mirror_status, openapi, uploads
 from atrium.api.http import Router
+from atrium.auth.guard import AuthGuard, Identities
+from atrium.auth.internal import INTERNAL_HEADER, internal_secret
+from atrium.auth.request_audit import AuditedApi
+from atrium.auth.request_filter import RequestFilter
+from atrium.auth.tokens import validator_for
 from atrium.db import open_pool
+from atrium.dicomweb.forward import PluginForwarder
+from atrium.dicomweb.gateway import DicomWebGateway
 from atrium.migrations import apply_migrations
 from atrium.mirror.backfill import backfill, needs_backfill
 from atrium.mirror.orthanc_index import OrthancIndex
@@ -21,12 +28,18 @@ from atrium.mirror.sync import Mirror, MirrorWorker
 from atrium.mirror.verify import compare, repair
 from atrium.mirror.writer import MirrorWriter
 from atrium.orthanc_api import HttpOrthancApi, OrthancApi
-from atrium.settings import Settings
+from atrium.settings import PUBLIC_DICOMWEB_ROOT, Settings
 from atrium.storage import ObjectStore, S3ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Atrium", "organization_resolver"]
+__all__ = ["Atrium", "orthanc_client", "organization_resolver"]
+
+
+def orthanc_client(settings: Settings) -> HttpOrthancApi:
+    """Orthanc's REST API over HTTP, with Atrium's internal credential."""
+    return HttpOrthancApi(settings.orthanc_url,
+                          headers={INTERNAL_HEADER: internal_secret(settings.data_dir)})
 
 
 def organization_resolver(settings: Settings) -> Any:
@@ -61,6 +74,10 @@ class Atrium:
     mirror: Mirror
     worker: MirrorWorker
     router: Router
+    api: AuditedApi
+    request_filter: RequestFilter
+    dicomweb: DicomWebGateway
+    orthanc_http: HttpOrthancApi  # loopback HTTP with Atrium's internal credential
 
     @classmethod
     def build(cls, settings: Settings, orthanc: OrthancApi) -> Atrium:
@@ -72,7 +89,7 @@ class Atrium:
         # plugin holds the GIL for the whole of an SDK call, so SDK reads run one at
         # a time and stall every other Python callback, while HTTP reads from a few
         # threads run in Orthanc's own threads, in parallel.
-        reader = HttpOrthancApi(settings.orthanc_url)
+        reader = orthanc_client(settings)
         index = OrthancIndex(settings.orthanc_index_url) if settings.orthanc_index_url else None
         mirror = Mirror(reader, MirrorWriter(pool.connection), organization_resolver(settings),
                         batch_size=settings.mirror_batch_size, fetch_workers=MIRROR_FETCH_WORKERS,
@@ -100,8 +117,22 @@ class Atrium:
         worker = MirrorWorker(mirror, prepare=prepare, full_check=full_check,
                               poll_seconds=settings.mirror_poll_seconds,
                               full_check_seconds=settings.mirror_full_check_seconds)
-        app = cls(settings, orthanc, pool, store, mirror, worker, Router([]))
-        app.router = Router([*health.routes(app), *mirror_status.routes(app)])
+        guard = AuthGuard(validator_for(settings).validate, Identities(pool.connection))
+        secret = internal_secret(settings.data_dir)
+        plugin_root = settings.dicomweb_plugin_root
+        forwarder = PluginForwarder(settings.orthanc_url, plugin_root, {INTERNAL_HEADER: secret})
+        app = cls(settings, orthanc, pool, store, mirror, worker, Router([]),
+                  AuditedApi(Router([]), pool.connection),
+                  RequestFilter(guard, secret, pool.connection,
+                                dicomweb_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root,
+                                gateway_enabled=True),
+                  DicomWebGateway(guard, pool.connection, forwarder,
+                                  public_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root),
+                  reader)
+        app.router = Router([*health.routes(app), *mirror_status.routes(app),
+                             *openapi.routes(app), *me.routes(app),
+                             *uploads.routes(app)], guard=guard)
+        app.api = AuditedApi(app.router, pool.connection)
         return app
 
     def start(self) -> None:

@@ -48,12 +48,11 @@ def _pool(settings: Settings) -> Any:
 
 
 def _mirror(settings: Settings, pool: Any, workers: int = 4) -> Any:
-    from atrium.app import organization_resolver
+    from atrium.app import organization_resolver, orthanc_client
     from atrium.mirror.sync import Mirror
     from atrium.mirror.writer import MirrorWriter
-    from atrium.orthanc_api import HttpOrthancApi
 
-    api = HttpOrthancApi(settings.orthanc_url)
+    api = orthanc_client(settings)
     return Mirror(api, MirrorWriter(pool.connection), organization_resolver(settings),
                   batch_size=settings.mirror_batch_size, fetch_workers=workers)
 
@@ -132,11 +131,13 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
-    import requests
+    from atrium.api.mirror_status import mirror_status
+    from atrium.app import orthanc_client
 
-    response = requests.get(f"{settings.orthanc_url}/api/mirror/status", timeout=10)
-    print(json.dumps(response.json(), indent=2))
-    return 0 if response.ok else 1
+    with _pool(settings) as pool:
+        status = mirror_status(orthanc_client(settings), pool)
+    print(json.dumps(status, indent=2, default=str))
+    return 0
 
 
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
@@ -197,13 +198,20 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
         orthanc = OrthancProcess(data_dir / "orthanc", config)
         orthanc.start()
         url = orthanc.url
+        if settings.oidc_issuer:
+            how = f"from {settings.oidc_issuer} (audience {settings.oidc_audience})"
+        else:
+            how = ("TOKEN=$(.venv/bin/atrium token --user alice --role admin "
+                   f"--org {settings.default_organization})")
         print(f"""
 Atrium is running (Ctrl-C stops everything).
-  REST API   {url}/api/health   {url}/api/mirror/status
-  Orthanc    {url}/
+  REST API   {url}/api/health   {url}/api/openapi.json   {url}/api/me
+  Orthanc    {url}/ (administrators' tokens only)
   DICOMweb   {url}/dicom-web/
   DICOM      AE title {settings.orthanc_aet} on 127.0.0.1:{settings.orthanc_dicom_port}
   Logs       {orthanc.logfile}
+  Token      {how}
+             then: curl -H "Authorization: Bearer $TOKEN" {url}/api/me
 """, flush=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

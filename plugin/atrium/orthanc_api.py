@@ -66,15 +66,21 @@ class HttpOrthancApi:
     of small calls, and requests' per-call work (proxy lookup in the environment,
     request preparation) costs more than Orthanc's answer."""
 
-    def __init__(self, base_url: str, timeout: float = 60, max_connections: int = 8) -> None:
+    def __init__(self, base_url: str, timeout: float = 60, max_connections: int = 8,
+                 headers: dict[str, str] | None = None) -> None:
+        """``headers`` go with every call: Atrium's internal credential."""
         self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers or {})
         self._http = urllib3.PoolManager(
             maxsize=max_connections, block=False, retries=False,
             timeout=urllib3.Timeout(connect=5, read=timeout))
 
-    def _request(self, method: str, path: str) -> urllib3.BaseHTTPResponse:
+    def _request(self, method: str, path: str, body: bytes | None = None,
+                 content_type: str | None = None) -> urllib3.BaseHTTPResponse:
+        headers = {**self._headers, **({"Content-Type": content_type} if content_type else {})}
         try:
-            response = self._http.request(method, self.base_url + path)
+            response = self._http.request(method, self.base_url + path, body=body,
+                                          headers=headers)
         except urllib3.exceptions.HTTPError as exc:
             raise OrthancError(path, 503, f"Orthanc unreachable: {exc}") from exc
         if response.status >= 400:
@@ -90,6 +96,9 @@ class HttpOrthancApi:
 
     def delete(self, path: str) -> None:
         self._request("DELETE", path)
+
+    def post(self, path: str, body: bytes, content_type: str = "application/dicom") -> bytes:
+        return bytes(self._request("POST", path, body, content_type).data)
 
 
 def iter_changes(api: OrthancApi, since: int, limit: int) -> Iterator[tuple[list[dict[str, Any]],

@@ -78,6 +78,7 @@ class Settings:
     mirror_batch_size: int = 500
     mirror_poll_seconds: float = 5.0
     mirror_full_check_seconds: float = 3600.0
+    dicomweb_plugin_root: str = "/atrium-dicomweb-plugin/"
 
     def organization_for_aet(self, calling_aet: str | None) -> str:
         """The organization name DICOM from ``calling_aet`` belongs to."""
@@ -185,6 +186,22 @@ def orthanc_index_url(orthanc_config: Mapping[str, Any]) -> str | None:
     database = quote(str(section.get("Database", "orthanc")), safe="")
     return f"postgresql://{credentials}{host}:{port}/{database}"
 
+
+
+PUBLIC_DICOMWEB_ROOT = "/dicom-web/"
+
+
+def dicomweb_plugin_root(orthanc_config: Mapping[str, Any]) -> str:
+    """The DICOMweb plugin's root (``DicomWeb.Root``): private to Atrium's gateway,
+    which serves the public ``/dicom-web/`` itself."""
+    section = orthanc_config.get("DicomWeb")
+    root = str(section.get("Root") or "") if isinstance(section, Mapping) else ""
+    root = root or "/atrium-dicomweb-plugin/"
+    if not (root.startswith("/") and root.endswith("/")) or root in ("/", PUBLIC_DICOMWEB_ROOT):
+        raise SettingsError(
+            f"DicomWeb.Root is {root!r}: it must be a private path such as "
+            f"'/atrium-dicomweb-plugin/' (Atrium serves {PUBLIC_DICOMWEB_ROOT} itself)")
+    return root
 
 
 def load_settings(
@@ -295,4 +312,5 @@ def load_settings(
             1,
             7 * 86400,
         ),
+        dicomweb_plugin_root=dicomweb_plugin_root(config),
     )

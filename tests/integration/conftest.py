@@ -18,6 +18,8 @@ import psycopg
 import pytest
 import requests
 
+from atrium.auth.dev_issuer import load_or_create
+from atrium.auth.internal import INTERNAL_HEADER, internal_secret
 from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, orthanc_config, wait_until
 from atrium.migrations import apply_migrations
 from atrium.orthanc_api import HttpOrthancApi
@@ -41,8 +43,24 @@ class AtriumUnderTest:
         return self.orthanc.url
 
     @property
+    def internal_headers(self) -> dict[str, str]:
+        """Atrium's own credential: what the mirror sends to Orthanc. Tests that are
+        not about security use it to talk to Orthanc directly."""
+        return {INTERNAL_HEADER: internal_secret(self.workdir)}
+
+    @property
     def api(self) -> HttpOrthancApi:
-        return HttpOrthancApi(self.url)
+        return HttpOrthancApi(self.url, headers=self.internal_headers)
+
+    def token(self, role: str = "admin", org: str = "Default", user: str | None = None,
+              **kwargs: Any) -> str:
+        """A token of this Orthanc's local dev issuer."""
+        return load_or_create(self.workdir).mint(user or f"{role}-{org}".lower(), [role], org,
+                                                 **kwargs)
+
+    def auth(self, role: str = "admin", org: str = "Default", user: str | None = None
+             ) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(role, org, user)}"}
 
     def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
@@ -54,7 +72,8 @@ class AtriumUnderTest:
 
     def upload(self, blob: bytes) -> requests.Response:
         return requests.post(f"{self.url}/instances", data=blob, timeout=30,
-                             headers={"Content-Type": "application/dicom"})
+                             headers={"Content-Type": "application/dicom",
+                                      **self.internal_headers})
 
     def wait_mirrored(self, sop_uids: list[str], timeout: float = 30) -> None:
         def done() -> bool:

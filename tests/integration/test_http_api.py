@@ -25,7 +25,8 @@ def test_mirror_status_counts_both_sides(atrium: AtriumUnderTest) -> None:
     for blob in blobs:
         assert atrium.upload(blob).status_code == 200
     atrium.wait_caught_up()
-    status = requests.get(f"{atrium.url}/api/mirror/status", timeout=10).json()
+    status = requests.get(f"{atrium.url}/api/mirror/status", timeout=10,
+                          headers=atrium.auth("admin")).json()
     assert status["lag_changes"] == 0
     assert status["cursor"] == status["orthanc_last_change"] > 0
     assert status["mirror"]["instances"] == status["orthanc"]["instances"] >= 2

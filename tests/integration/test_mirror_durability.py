@@ -139,7 +139,8 @@ def test_first_start_over_existing_data_backfills_as_a_job(atrium_factory: Facto
     assert done == total == 60
     under_test.wait_caught_up()
     assert_verify_clean(under_test)
-    status = requests.get(f"{under_test.url}/api/mirror/status", timeout=10).json()
+    status = requests.get(f"{under_test.url}/api/mirror/status", timeout=10,
+                          headers=under_test.auth("admin")).json()
     assert status["mirror"]["instances"] == status["orthanc"]["instances"] == 60
     assert status["backfill"]["status"] == "succeeded"
 

@@ -120,7 +120,7 @@ def test_stow_rs_upload_is_mirrored(atrium: AtriumUnderTest) -> None:
 
     spec = StudySpec(patient_id="STOW-1", series=1, instances_per_series=2)
     blobs = make_study(spec)
-    client = DICOMwebClient(url=f"{atrium.url}/dicom-web")
+    client = DICOMwebClient(url=f"{atrium.url}/dicom-web", headers=atrium.auth("admin"))
     client.store_instances([pydicom.dcmread(io.BytesIO(b)) for b in blobs])
     atrium.wait_mirrored(sop_uids(blobs))
     assert study_row(atrium, spec.study_uid)["instances"] == 2

@@ -52,10 +52,18 @@ def serve_once(env: dict[str, str], log: Path) -> None:
         assert f"http://127.0.0.1:{http}/api/health" in text
         health = requests.get(f"http://127.0.0.1:{http}/api/health", timeout=10)
         assert health.status_code == 200, health.text
+        assert "atrium token --user" in text
+        token = subprocess.run([ATRIUM, "token", "--user", "alice", "--role", "admin", "--org",
+                                "Default"], env=env, cwd=REPO_ROOT, capture_output=True,
+                               text=True, check=True, timeout=60).stdout.strip()
+        auth = {"Authorization": f"Bearer {token}"}
+        assert requests.get(f"http://127.0.0.1:{http}/instances",
+                            timeout=10).status_code == 403  # Orthanc's API: tokens only
         blob = make_study(StudySpec(patient_id=f"RUN-{http}", series=1, instances_per_series=1))[0]
-        assert requests.post(f"http://127.0.0.1:{http}/instances", data=blob,
+        assert requests.post(f"http://127.0.0.1:{http}/instances", data=blob, headers=auth,
                              timeout=30).status_code == 200
         wait_until(lambda: requests.get(f"http://127.0.0.1:{http}/api/mirror/status",
+                                        headers=auth,
                                         timeout=10).json()["mirror"]["instances"] >= 1,
                    30, what="the upload in the mirror")
     finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from atrium.api.http import Request, Response, Route, json_response
+from atrium.api.http import PUBLIC, Reply, Request, Response, Route, json_response
+from atrium.api.schema import obj, string
 
 if TYPE_CHECKING:
     from atrium.app import Atrium
@@ -36,4 +37,8 @@ def routes(app: Atrium) -> list[Route]:
         return json_response({"status": "ok" if healthy else "degraded", "checks": checks},
                              status=200 if healthy else 503)
 
-    return [Route("GET", "/api/health", get_health)]
+    health = obj({"status": string(), "checks": obj({}, additional=True)}, additional=True)
+    return [Route("GET", "/api/health", get_health, auth=PUBLIC, tags=("system",),
+                  summary="Database, object storage and mirror health (no PHI)",
+                  responses={200: Reply("Everything works", health),
+                             503: Reply("Something is down", health)})]

@@ -56,12 +56,14 @@ from atrium.api.params import (
     parse_pattern,
 )
 from atrium.api.schema import Schema, compile_schema
+from atrium.auth.principal import KNOWN_ROLES
 from atrium.errors import ApiError, MethodNotAllowed, NotFound
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "ADMIN_ONLY", "AUTHENTICATED", "JSON", "MiB", "PUBLIC", "ROLES", "Access", "Auth",
+    "ADMIN_ONLY", "AUTHENTICATED", "JSON", "MiB", "PUBLIC", "ROLES", "Access", "AuditNote",
+    "Auth",
     "Guard", "Handler", "Reply", "Request", "Response", "Route", "Router", "json_response",
     "no_content", "problem_response",
 ]
@@ -81,7 +83,7 @@ class Access(enum.Enum):
 PUBLIC = Access.PUBLIC
 AUTHENTICATED = Access.AUTHENTICATED
 
-ROLES = frozenset({"admin", "clinician", "researcher", "annotator", "ml-engineer", "auditor"})
+ROLES = KNOWN_ROLES
 """The roles of the security model (SPEC §7); a route naming another is refused at
 start-up, so a misspelt role cannot silently lock everyone out."""
 
@@ -113,11 +115,22 @@ class Request:
 
 
 @dataclass(frozen=True)
+class AuditNote:
+    """What a handler tells the audit log about its answer: the resource it is about
+    and whether the answer carries PHI (identified patient data)."""
+
+    resource_type: str | None = None
+    resource_id: uuid.UUID | None = None
+    phi: bool = False
+
+
+@dataclass(frozen=True)
 class Response:
     status: int
     body: bytes
     content_type: str = JSON
     headers: Mapping[str, str] = field(default_factory=dict)
+    audit: AuditNote | None = None
 
 
 def _aware_isoformat(value: dt.datetime) -> str:
@@ -149,13 +162,13 @@ def _to_json(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} has no JSON form; convert it in the handler")
 
 
-def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None
-                  ) -> Response:
+def json_response(payload: Any, status: int = 200, headers: Mapping[str, str] | None = None,
+                  audit: AuditNote | None = None) -> Response:
     """``payload`` as JSON: aware datetimes in ISO 8601 with their zone, UUIDs as
     strings, decimals as numbers. Anything else unknown is a bug (``TypeError``),
-    never a silent ``str()``."""
+    never a silent ``str()``. ``audit`` tells the audit log what the answer holds."""
     body = json.dumps(payload, default=_to_json, separators=(",", ":"), allow_nan=False)
-    return Response(status, body.encode(), JSON, dict(headers or {}))
+    return Response(status, body.encode(), JSON, dict(headers or {}), audit)
 
 
 def no_content(headers: Mapping[str, str] | None = None) -> Response:

@@ -5,11 +5,15 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from atrium.api.http import Request, Response, Route, json_response
+from atrium.api.http import Reply, Request, Response, Route, json_response
+from atrium.api.schema import obj
+from atrium.auth.principal import Permission
 from atrium.errors import ServiceUnavailable
+from atrium.orthanc_api import OrthancApi
 
 if TYPE_CHECKING:
     from atrium.app import Atrium
+    from atrium.mirror.sync import MirrorWorker
 
 _MIRROR_COUNTS = """
 SELECT (SELECT count(*) FROM patients WHERE deleted_at IS NULL),
@@ -26,38 +30,46 @@ WHERE kind = 'backfill' ORDER BY created_at DESC LIMIT 1
 """
 
 
+def mirror_status(orthanc: OrthancApi, pool: Any, worker: MirrorWorker | None = None
+                  ) -> dict[str, Any]:
+    """The cursor, the lag and the counts on both sides (``worker``: the running
+    mirror's own state, when asked from inside Orthanc)."""
+    stats = orthanc.get_json("/statistics")
+    last_change = int(orthanc.get_json("/changes?last").get("Last", 0))
+    try:
+        with pool.connection(timeout=2) as conn:
+            patients, studies, series, instances, cursor, cursor_at = conn.execute(
+                _MIRROR_COUNTS).fetchone()
+            backfill = conn.execute(_LAST_BACKFILL).fetchone()
+    except Exception as exc:
+        raise ServiceUnavailable(f"The mirror database is unreachable ({type(exc).__name__})."
+                                 ) from exc
+    last_success = worker.last_success if worker else None
+    return {
+        "cursor": cursor,
+        "orthanc_last_change": last_change,
+        "lag_changes": max(last_change - (cursor or 0), 0),
+        "cursor_updated_at": cursor_at,
+        "seconds_since_last_sync": (round(time.time() - last_success, 3)
+                                    if last_success else None),
+        "last_error": worker.last_error if worker else None,
+        "pending_deletions": worker.pending_deletions if worker else None,
+        "orthanc": {"patients": stats.get("CountPatients"),
+                    "studies": stats.get("CountStudies"),
+                    "series": stats.get("CountSeries"),
+                    "instances": stats.get("CountInstances")},
+        "mirror": {"patients": patients, "studies": studies, "series": series,
+                   "instances": instances},
+        "backfill": None if backfill is None else dict(zip(
+            ("job_id", "status", "done", "total", "created_at", "finished_at"), backfill,
+            strict=True)),
+    }
+
+
 def routes(app: Atrium) -> list[Route]:
     def get_status(_request: Request) -> Response:
-        stats = app.orthanc.get_json("/statistics")
-        last_change = app.mirror.last_change()
-        try:
-            with app.pool.connection(timeout=2) as conn:
-                patients, studies, series, instances, cursor, cursor_at = conn.execute(
-                    _MIRROR_COUNTS).fetchone()
-                backfill = conn.execute(_LAST_BACKFILL).fetchone()
-        except Exception as exc:
-            raise ServiceUnavailable(f"The mirror database is unreachable ({type(exc).__name__})."
-                                     ) from exc
-        worker = app.worker
-        payload: dict[str, Any] = {
-            "cursor": cursor,
-            "orthanc_last_change": last_change,
-            "lag_changes": max(last_change - (cursor or 0), 0),
-            "cursor_updated_at": cursor_at,
-            "seconds_since_last_sync": (round(time.time() - worker.last_success, 3)
-                                        if worker.last_success else None),
-            "last_error": worker.last_error,
-            "pending_deletions": worker.pending_deletions,
-            "orthanc": {"patients": stats.get("CountPatients"),
-                        "studies": stats.get("CountStudies"),
-                        "series": stats.get("CountSeries"),
-                        "instances": stats.get("CountInstances")},
-            "mirror": {"patients": patients, "studies": studies, "series": series,
-                       "instances": instances},
-            "backfill": None if backfill is None else dict(zip(
-                ("job_id", "status", "done", "total", "created_at", "finished_at"), backfill,
-                strict=True)),
-        }
-        return json_response(payload)
+        return json_response(mirror_status(app.orthanc, app.pool, app.worker))
 
-    return [Route("GET", "/api/mirror/status", get_status)]
+    return [Route("GET", "/api/mirror/status", get_status, auth=(Permission.ORTHANC_ADMIN,),
+                  tags=("system",), summary="The mirror's cursor, lag and counts (admin)",
+                  responses={200: Reply("The mirror's state", obj({}, additional=True))})]

@@ -38,10 +38,16 @@ ON CONFLICT (name) DO NOTHING
 _ORGANIZATION_IDS = "SELECT name, id FROM organizations WHERE name = ANY(%(names)s::text[])"
 
 # A study keeps the organization it first arrived in: a later copy from another
-# sender does not move it (nor its patient) to another organization.
+# sender does not move it (nor its patient) to another organization. A study not
+# yet mirrored goes where an upload assigned it (study_assignments), if anywhere.
 _EXISTING_STUDY_ORGANIZATIONS = """
 SELECT s.study_instance_uid, o.name FROM studies s JOIN organizations o ON o.id = s.organization_id
 WHERE s.study_instance_uid = ANY(%(uids)s::text[])
+UNION ALL
+SELECT a.study_instance_uid, o.name FROM study_assignments a
+JOIN organizations o ON o.id = a.organization_id
+WHERE a.study_instance_uid = ANY(%(uids)s::text[])
+  AND NOT EXISTS (SELECT 1 FROM studies s WHERE s.study_instance_uid = a.study_instance_uid)
 """
 
 _UPSERT_PATIENTS = """

@@ -1,0 +1,145 @@
+"""Authentication benchmark: what a bearer token and its audit row add to a request.
+
+One Orthanc with Atrium (local dev issuer), one client with a kept-alive
+connection, requests one after another, so each figure is a request's latency:
+
+* Orthanc's ``GET /system`` with Atrium's internal credential (the request filter's
+  cheapest path) against the same request with an administrator's token (token
+  signature and claims checked, the user resolved, one audit row committed);
+* DICOMweb QIDO-RS ``/studies`` straight to the plugin's private root against the
+  same search through Atrium's gateway (token, SQL scoping, audit row);
+* ``GET /api/me`` (token, user row, audit row) for the absolute figure.
+
+Prints p50/p99 of each and the added cost, for ``docs/BENCHMARKS.md``.
+
+    .venv/bin/python bench/auth.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from atrium.auth.dev_issuer import load_or_create  # noqa: E402
+from atrium.auth.internal import INTERNAL_HEADER, internal_secret  # noqa: E402
+from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, orthanc_config  # noqa: E402
+from atrium.migrations import apply_migrations  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.support.dicomgen import StudySpec, make_study  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
+
+
+def timed(session: requests.Session, url: str, headers: dict[str, str], count: int
+          ) -> list[float]:
+    for _ in range(20):  # warm caches and connections
+        session.get(url, headers=headers, timeout=30).raise_for_status()
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        session.get(url, headers=headers, timeout=30).raise_for_status()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def line(label: str, samples: list[float]) -> str:
+    return (f"{label:58} p50 {statistics.median(samples):6.2f} ms   "
+            f"p99 {percentile(samples, 0.99):6.2f} ms")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="atrium-bench-auth-"))
+    root.chmod(0o755)
+    cluster = LocalCluster(root / "pg", port=free_port())
+    cluster.init()
+    cluster.start()
+    orthanc = None
+    try:
+        cluster.ensure_database("index")
+        cluster.ensure_database("atrium")
+        apply_migrations(cluster.url("atrium"))
+        workdir = root / "orthanc"
+        base = json.loads((REPO_ROOT / "orthanc-config" / "orthanc.json").read_text())
+        config = orthanc_config(
+            base=base, data_dir=workdir, cluster=cluster, index_database="index",
+            http_port=free_port(), dicom_port=free_port(), aet="ATRIUM",
+            atrium={"DatabaseUrl": cluster.url("atrium"),
+                    "StorageUrl": f"file://{workdir / 'objects'}"},
+            python_script=REPO_ROOT / "plugin" / "atrium_entry.py")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
+        orthanc = OrthancProcess(workdir, config, env)
+        orthanc.start()
+        url = orthanc.url
+        internal = {INTERNAL_HEADER: internal_secret(workdir)}
+        token = load_or_create(workdir).mint("bench", ["admin"], "Default")
+        bearer = {"Authorization": f"Bearer {token}"}
+
+        # A few studies for the searches to find.
+        with requests.Session() as session:
+            for n in range(20):
+                for blob in make_study(StudySpec(patient_id=f"AUTH-{n}", series=1,
+                                                 instances_per_series=1)):
+                    session.post(f"{url}/instances", data=blob, headers=internal,
+                                 timeout=30).raise_for_status()
+        time.sleep(3)  # let the mirror file them
+
+        count = args.requests
+        plugin_root = base["DicomWeb"]["Root"].rstrip("/")
+        with requests.Session() as session:
+            system_internal = timed(session, f"{url}/system", internal, count)
+            system_token = timed(session, f"{url}/system", bearer, count)
+            qido_plugin = timed(session, f"{url}{plugin_root}/studies", internal, count)
+            qido_gateway = timed(session, f"{url}/dicom-web/studies", bearer, count)
+            me = timed(session, f"{url}/api/me", bearer, count)
+        audit_rows = int(cluster_query(cluster, "SELECT count(*) FROM audit_log"))
+
+        print(f"requests: {count} per measure, one client, kept-alive connection")
+        print(line("Orthanc GET /system, internal credential", system_internal))
+        print(line("Orthanc GET /system, admin token (validated + audited)", system_token))
+        print(line("QIDO-RS /studies, plugin directly", qido_plugin))
+        print(line("QIDO-RS /studies, through the gateway (token, scope, audit)", qido_gateway))
+        print(line("GET /api/me (token, user, audit)", me))
+        added = statistics.median(system_token) - statistics.median(system_internal)
+        added99 = percentile(system_token, 0.99) - percentile(system_internal, 0.99)
+        gateway = statistics.median(qido_gateway) - statistics.median(qido_plugin)
+        print(f"added by token validation + audit row: p50 {added:.2f} ms, p99 {added99:.2f} ms;"
+              f" by the DICOMweb gateway: p50 {gateway:.2f} ms")
+        print(f"audit rows written: {audit_rows}")
+        print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, "
+              f"Python {platform.python_version()}")
+    finally:
+        if orthanc is not None:
+            orthanc.stop()
+        cluster.stop("fast")
+    return 0
+
+
+def cluster_query(cluster: LocalCluster, query: str) -> object:
+    import psycopg
+
+    with psycopg.connect(cluster.url("atrium"), autocommit=True) as conn:
+        row = conn.execute(query).fetchone()
+    return row[0] if row else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""One audit row for every request to a non-public route, written before the
+answer leaves.
+
+The router answers; this wraps it. The row names the caller (when the token was
+valid), the route, the resource, the status and whether the answer carries PHI
+(the handler says so in :class:`~atrium.api.http.AuditNote`). A refused attempt
+(401, 403, 404) is a row like any other. When the row cannot be written, an answer
+carrying PHI is withheld (503): no PHI leaves without its record.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from atrium.api.http import Request, Response, Router, problem_response
+from atrium.auth.audit import AuditEvent, record
+from atrium.auth.guard import Caller, current_caller
+from atrium.errors import ApiError, ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AuditedApi", "audit_event"]
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _address(ip: str) -> str | None:
+    """The client's address as the audit column takes it, or None when Orthanc gave
+    something that is not one (an IPv6 zone, say)."""
+    try:
+        return str(ipaddress.ip_address(ip.split("%")[0])) if ip else None
+    except ValueError:
+        return None
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def audit_event(*, action: str, caller: Caller | None, status: int, client_ip: str,
+                headers: Mapping[str, str], resource_type: str | None = None,
+                resource_id: Any = None, phi: bool = False, **details: Any) -> AuditEvent:
+    """The audit row of one HTTP request, from whichever route kind served it."""
+    return AuditEvent(
+        action=action[:100],
+        user_id=caller.user_id if caller else None,
+        keycloak_id=caller.principal.keycloak_id[:255] if caller else None,
+        organization_id=caller.organization_id if caller else None,
+        resource_type=resource_type[:100] if resource_type else None,
+        resource_id=_uuid(resource_id) if resource_id is not None else None,
+        ip_address=_address(client_ip),
+        user_agent=headers.get("user-agent", "")[:1000] or None,
+        details={"status": status, **details},
+        phi_accessed=phi and status < 400,
+    )
+
+
+class AuditedApi:
+    """Atrium's API: the router, with every non-public request on record."""
+
+    def __init__(self, router: Router, connect: Callable[[], Any]) -> None:
+        self.router = router
+        self._connect = connect
+
+    def handle(self, request: Request) -> Response:
+        current_caller.set(None)
+        response = self.router.handle(request)
+        try:
+            route, params = self.router.resolve(request.method, request.path)
+        except ApiError:
+            route, params = None, {}
+        if route is not None and route.is_public:
+            return response
+        note = response.audit
+        event = audit_event(
+            action=f"{request.method} {route.path.template if route else request.path[:80]}",
+            caller=current_caller.get(), status=response.status, client_ip=request.client_ip,
+            headers=request.headers,
+            resource_type=(note.resource_type if note and note.resource_type
+                           else route.tags[0] if route and route.tags else None),
+            resource_id=note.resource_id if note and note.resource_id else params.get("id"),
+            phi=bool(note and note.phi),
+            write=request.method in WRITE_METHODS)
+        try:
+            with self._connect() as conn:
+                record(conn, event)
+        except Exception:  # noqa: BLE001 - the decision below depends on the answer
+            log.exception("audit.unwritten action=%s status=%d", event.action, response.status)
+            if event.phi_accessed:
+                return problem_response(ServiceUnavailable(
+                    "The access could not be recorded in the audit log, so the answer is "
+                    "withheld; try again shortly."))
+        return response

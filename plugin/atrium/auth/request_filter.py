@@ -1,0 +1,113 @@
+"""The decision Orthanc's incoming-request filter asks for, on every HTTP request.
+
+Orthanc calls the filter before it routes a request anywhere — its own REST API,
+the DICOMweb plugin, Atrium's routes. The filter can only let a request through
+or refuse it (Orthanc then answers 403); it sees the URI, method, client address
+and headers, never the answer. So it decides by kind of route:
+
+* Atrium's own routes (``/api/``) and the public DICOMweb root that Atrium serves
+  itself: let through — they authenticate, scope and audit each request and can
+  answer 401 with a problem document, which the filter cannot.
+* The DICOMweb plugin's real root, kept private: only Atrium's own calls, which
+  carry the internal secret (:mod:`atrium.auth.internal`).
+* Everything else is Orthanc's native REST API and its web tools: a valid token
+  with the ``orthanc-admin`` permission (role ``admin``), and one audit row per
+  request, refused or not.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from atrium.auth.audit import record
+from atrium.auth.guard import AuthGuard, Caller
+from atrium.auth.internal import is_internal_call
+from atrium.auth.principal import Permission
+from atrium.auth.request_audit import audit_event
+from atrium.errors import ApiError, Forbidden
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RequestFilter", "RouteKind", "route_kind"]
+
+
+class RouteKind(enum.Enum):
+    ATRIUM_API = "atrium-api"
+    DICOMWEB = "dicomweb"  # the public root, served by Atrium's gateway
+    DICOMWEB_PLUGIN = "dicomweb-plugin"  # the plugin's private root
+    ORTHANC = "orthanc"  # Orthanc's native REST API, Orthanc Explorer, everything else
+
+
+# Orthanc's routes whose answers can carry patient data.
+_DATA_PREFIXES = ("/patients", "/studies", "/series", "/instances", "/tools", "/wado",
+                  "/modalities", "/peers", "/queries", "/jobs", "/archive", "/media")
+
+
+def route_kind(uri: str, dicomweb_root: str, plugin_root: str) -> RouteKind:
+    """The kind of route ``uri`` reaches; roots end with ``/``."""
+    if uri.startswith("/api/"):
+        return RouteKind.ATRIUM_API
+    if uri.startswith(plugin_root) or uri == plugin_root.rstrip("/"):
+        return RouteKind.DICOMWEB_PLUGIN
+    if uri.startswith(dicomweb_root) or uri == dicomweb_root.rstrip("/"):
+        return RouteKind.DICOMWEB
+    return RouteKind.ORTHANC
+
+
+class RequestFilter:
+    """``allow(uri, method, ip, headers)``: never raises (an exception in Orthanc's
+    filter is a 500); any failure refuses."""
+
+    def __init__(self, guard: AuthGuard, internal_secret: str, connect: Callable[[], Any], *,
+                 dicomweb_root: str, plugin_root: str, gateway_enabled: bool) -> None:
+        self._guard = guard
+        self._secret = internal_secret
+        self._connect = connect
+        self._dicomweb_root = dicomweb_root
+        self._plugin_root = plugin_root
+        self._gateway_enabled = gateway_enabled
+
+    def allow(self, uri: str, method: str, ip: str, headers: Mapping[str, str]) -> bool:
+        try:
+            return self._decide(uri, method, ip, headers)
+        except Exception:  # noqa: BLE001 - fail closed, never a 500
+            log.exception("filter.failed method=%s", method)
+            return False
+
+    def _decide(self, uri: str, method: str, ip: str, headers: Mapping[str, str]) -> bool:
+        if is_internal_call(headers, ip, self._secret):
+            return True
+        kind = route_kind(uri, self._dicomweb_root, self._plugin_root)
+        if kind is RouteKind.ATRIUM_API:
+            return True
+        if kind is RouteKind.DICOMWEB and self._gateway_enabled:
+            return True
+        if kind is RouteKind.DICOMWEB_PLUGIN:
+            self._audit(None, method, uri, 403, ip, headers, phi=False)
+            return False
+        return self._admin_only(uri, method, ip, headers)
+
+    def _admin_only(self, uri: str, method: str, ip: str, headers: Mapping[str, str]) -> bool:
+        caller: Caller | None = None
+        try:
+            caller = self._guard.caller(headers.get("authorization"))
+            if not caller.can(Permission.ORTHANC_ADMIN):
+                raise Forbidden("Orthanc's own API is for administrators")
+            status = 200
+        except ApiError as error:
+            status = error.status
+        phi = method == "GET" and uri.startswith(_DATA_PREFIXES)
+        self._audit(caller, method, uri, status, ip, headers, phi=phi)
+        return status == 200
+
+    def _audit(self, caller: Caller | None, method: str, uri: str, status: int, ip: str,
+               headers: Mapping[str, str], *, phi: bool) -> None:
+        # The path only, cut short: Orthanc's URIs hold ids, never names.
+        event = audit_event(action=f"{method} orthanc", caller=caller, status=status,
+                            client_ip=ip, headers=headers, resource_type="orthanc", phi=phi,
+                            uri=uri[:200])
+        with self._connect() as conn:
+            record(conn, event)

@@ -1,0 +1,114 @@
+"""The pure parts of the security edge: route kinds, the internal credential,
+QIDO translation and STOW multipart parsing."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+from atrium.auth.internal import INTERNAL_HEADER, internal_secret, is_internal_call
+from atrium.auth.request_filter import RouteKind, route_kind
+from atrium.dicomweb.gateway import _multipart_parts, _stow_study_uids
+from atrium.dicomweb.qido import parse_study_query, split_uids, wildcard_to_like
+from atrium.errors import BadRequest, UnsupportedMediaType
+from tests.support.dicomgen import StudySpec, make_study
+
+PUBLIC, PRIVATE = "/dicom-web/", "/atrium-dicomweb-plugin/"
+
+
+@pytest.mark.parametrize(("uri", "kind"), [
+    ("/api/patients", RouteKind.ATRIUM_API),
+    ("/dicom-web/studies", RouteKind.DICOMWEB),
+    ("/dicom-web", RouteKind.DICOMWEB),
+    ("/atrium-dicomweb-plugin/studies", RouteKind.DICOMWEB_PLUGIN),
+    ("/instances", RouteKind.ORTHANC),
+    ("/app/explorer.html", RouteKind.ORTHANC),
+    ("/apis", RouteKind.ORTHANC),
+    ("/", RouteKind.ORTHANC),
+    ("/dicom-webx/studies", RouteKind.ORTHANC),
+])
+def test_route_kinds(uri: str, kind: RouteKind) -> None:
+    assert route_kind(uri, PUBLIC, PRIVATE) is kind
+
+
+def test_the_internal_secret_is_private_and_stable(tmp_path: Path) -> None:
+    secrets = []
+    threads = [threading.Thread(target=lambda: secrets.append(internal_secret(tmp_path)))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(secrets)) == 1 and len(secrets[0]) >= 40
+    path = tmp_path / "keys" / "internal-secret"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["internal-secret"]
+
+
+def test_the_internal_credential_counts_only_from_loopback(tmp_path: Path) -> None:
+    secret = internal_secret(tmp_path)
+    headers = {INTERNAL_HEADER.lower(): secret}
+    assert is_internal_call(headers, "127.0.0.1", secret)
+    assert is_internal_call(headers, "::1", secret)
+    assert not is_internal_call(headers, "10.0.0.5", secret)
+    assert not is_internal_call({INTERNAL_HEADER.lower(): secret[:-1] + "x"}, "127.0.0.1",
+                                secret)
+    assert not is_internal_call({}, "127.0.0.1", secret)
+    assert not is_internal_call(headers, "not an address", secret)
+
+
+def test_dicom_wildcards_become_escaped_like_patterns() -> None:
+    assert wildcard_to_like("Doe*") == "Doe%"
+    assert wildcard_to_like("D?e") == "D_e"
+    assert wildcard_to_like("100%_x\\") == "100\\%\\_x\\\\"
+    assert split_uids("1.2,1.3\\1.4, ") == ["1.2", "1.3", "1.4"]
+
+
+def render(query: dict[str, str]) -> str:
+    parsed = parse_study_query(query)
+    return " AND ".join(c.as_string(None) if isinstance(c, sql.Composed) else str(c)
+                        for c in parsed.conditions)
+
+
+def test_qido_keys_by_keyword_or_tag_become_sql_and_the_rest_passes_through() -> None:
+    parsed = parse_study_query({"PatientID": "A*", "00080020": "20240101-20240131",
+                                "includefield": "StudyDescription", "limit": "5",
+                                "offset": "10", "SeriesDescription": "x"})
+    assert parsed.params == {"mrn": "A%", "date_from": "2024-01-01", "date_to": "2024-01-31"}
+    assert (parsed.limit, parsed.offset) == (5, 10)
+    assert parsed.passthrough == {"PatientID": "A*", "00080020": "20240101-20240131",
+                                  "includefield": "StudyDescription", "SeriesDescription": "x"}
+    open_ended = parse_study_query({"StudyDate": "-20240131"})
+    assert open_ended.params == {"date_to": "2024-01-31"}
+    exact = parse_study_query({"StudyDate": "20240131"})
+    assert exact.params == {"date_from": "2024-01-31", "date_to": "2024-01-31"}
+    assert parse_study_query({"limit": "100000"}).limit == 1000
+
+
+@pytest.mark.parametrize("query", [{"StudyDate": "yesterday"}, {"StudyDate": "2024-01-01"},
+                                   {"limit": "-1"}, {"offset": "x"}])
+def test_bad_qido_values_are_400(query: dict[str, str]) -> None:
+    with pytest.raises(BadRequest):
+        parse_study_query(query)
+
+
+def multipart(parts: list[bytes], boundary: str = "b0undary") -> tuple[bytes, str]:
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                    + part + b"\r\n" for part in parts) + b"--" + boundary.encode() + b"--\r\n"
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+def test_stow_parts_give_their_study_uids_and_garbage_is_left_to_the_plugin() -> None:
+    first, second = StudySpec(), StudySpec()
+    blobs = [make_study(first)[0], make_study(second)[0], b"not dicom at all"]
+    body, content_type = multipart(blobs)
+    parts = _multipart_parts(body, content_type)
+    assert parts == blobs
+    assert _stow_study_uids(parts) == {first.study_uid, second.study_uid}
+    with pytest.raises(UnsupportedMediaType):
+        _multipart_parts(body, "application/dicom")
