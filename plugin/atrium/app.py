@@ -8,11 +8,24 @@ Nothing here runs at import time.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from atrium.api import health, me, mirror_status, openapi, uploads
+from atrium.api import (
+    health,
+    jobs,
+    me,
+    mirror_status,
+    openapi,
+    organizations,
+    patients,
+    studies,
+    uploads,
+    users,
+)
 from atrium.api.http import Router
+from atrium.api.scope import SourceOrganizations
 from atrium.auth.guard import AuthGuard, Identities
 from atrium.auth.internal import INTERNAL_HEADER, internal_secret
 from atrium.auth.request_audit import AuditedApi
@@ -27,7 +40,7 @@ from atrium.mirror.orthanc_index import OrthancIndex
 from atrium.mirror.sync import Mirror, MirrorWorker
 from atrium.mirror.verify import compare, repair
 from atrium.mirror.writer import MirrorWriter
-from atrium.orthanc_api import HttpOrthancApi, OrthancApi
+from atrium.orthanc_api import HttpOrthancApi, OrthancApi, OrthancError
 from atrium.settings import PUBLIC_DICOMWEB_ROOT, Settings
 from atrium.storage import ObjectStore, S3ObjectStore, open_store
 
@@ -42,11 +55,35 @@ def orthanc_client(settings: Settings) -> HttpOrthancApi:
                           headers={INTERNAL_HEADER: internal_secret(settings.data_dir)})
 
 
-def organization_resolver(settings: Settings) -> Any:
-    """Orthanc's metadata of an instance → its organization: the calling AE title's
-    mapping for DICOM, the default organization otherwise."""
+def organization_resolver(settings: Settings,
+                          source_organization: Callable[[str], str | None] | None = None,
+                          source_metadata: Callable[[str], dict[str, Any]] | None = None
+                          ) -> Any:
+    """Orthanc's metadata of an instance → its organization.
 
-    def resolve(metadata: dict[str, Any]) -> str:
+    A copy Orthanc made of another instance (anonymize, modify: its metadata has
+    ``AnonymizedFrom`` or ``ModifiedFrom``, the source's Orthanc id) belongs to its
+    source's organization: ``source_organization`` looks the source up in the
+    mirror; a source not mirrored yet is resolved from its own Orthanc metadata
+    (``source_metadata``). Anything else: the calling AE title's mapping for DICOM,
+    the default organization otherwise. A failed look-up raises, so that the
+    mirror retries rather than file a copy in the wrong organization.
+    """
+
+    def resolve(metadata: dict[str, Any], depth: int = 0) -> str:
+        source = metadata.get("AnonymizedFrom") or metadata.get("ModifiedFrom")
+        if source and depth < 8:
+            named = source_organization(str(source)) if source_organization else None
+            if named:
+                return named
+            if source_metadata is not None:
+                try:
+                    return resolve(source_metadata(str(source)), depth + 1)
+                except OrthancError as exc:
+                    if exc.status != 404:
+                        raise
+                    log.warning("mirror.source_gone source=%s; organization from the copy's "
+                                "own metadata", source)
         if metadata.get("Origin") == "DicomProtocol":
             return settings.organization_for_aet(metadata.get("RemoteAET"))
         return settings.default_organization
@@ -91,7 +128,10 @@ class Atrium:
         # threads run in Orthanc's own threads, in parallel.
         reader = orthanc_client(settings)
         index = OrthancIndex(settings.orthanc_index_url) if settings.orthanc_index_url else None
-        mirror = Mirror(reader, MirrorWriter(pool.connection), organization_resolver(settings),
+        resolver = organization_resolver(
+            settings, SourceOrganizations(pool.connection),
+            lambda source: reader.get_json(f"/instances/{source}/metadata?expand"))
+        mirror = Mirror(reader, MirrorWriter(pool.connection), resolver,
                         batch_size=settings.mirror_batch_size, fetch_workers=MIRROR_FETCH_WORKERS,
                         index=index)
 
@@ -131,6 +171,11 @@ class Atrium:
                   reader)
         app.router = Router([*health.routes(app), *mirror_status.routes(app),
                              *openapi.routes(app), *me.routes(app),
+                             *organizations.routes(app),
+                             *users.routes(app),
+                             *patients.routes(app),
+                             *studies.routes(app),
+                             *jobs.routes(app),
                              *uploads.routes(app)], guard=guard)
         app.api = AuditedApi(app.router, pool.connection)
         return app

@@ -1,0 +1,375 @@
+"""``/api/jobs``: background work of the caller's organization, and the runner of
+de-identification jobs (``POST /api/studies/{id}/deidentify``, :mod:`atrium.api.studies`).
+
+Jobs belong to the organization that asked for them; platform jobs (backfill,
+reconcile: no organization) are nobody's to read through the API. Callers who may
+read PHI see all of their organization's jobs, the others only their own.
+
+De-identification is Orthanc's anonymization (the DICOM PS3.15 basic profile, its
+default) run as an Orthanc job. :class:`Deidentifier` drives it from one worker
+thread, started when work arrives and ended when idle: it starts Orthanc's job
+asynchronously, follows its progress, then waits (bounded) until the mirror holds
+the copy and checks that the copy sits in the source's organization under a
+de-identified patient (:func:`atrium.app.organization_resolver` puts it there).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import urllib3
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from atrium.api.http import AUTHENTICATED, AuditNote, Reply, Request, Response, Route, json_response
+from atrium.api.pagination import PAGE_PARAMETERS, Keyset, page_schema
+from atrium.api.schema import date_time, enum, integer, nullable, obj, string
+from atrium.api.schema import uuid as uuid_schema
+from atrium.api.scope import Conditions, organization_scope
+from atrium.errors import NotFound, ServiceUnavailable
+from atrium.orthanc_api import OrthancError
+
+if TYPE_CHECKING:
+    from atrium.app import Atrium
+
+log = logging.getLogger(__name__)
+
+__all__ = ["JOB", "Deidentifier", "OrthancJobs", "routes"]
+
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+JOB = obj({
+    "id": uuid_schema(), "kind": string(), "status": enum(*STATUSES),
+    "parameters": obj({}, additional=True), "progress_done": integer(minimum=0),
+    "progress_total": nullable(integer(minimum=0)),
+    "result": nullable(obj({}, additional=True)), "error": nullable(string()),
+    "created_by": nullable(uuid_schema()), "created_at": date_time(),
+    "updated_at": date_time(), "started_at": nullable(date_time()),
+    "finished_at": nullable(date_time()),
+}, required=["id", "kind", "status", "parameters", "progress_done", "progress_total",
+             "result", "error", "created_by", "created_at", "updated_at", "started_at",
+             "finished_at"])
+JOB_SEARCH = obj({**PAGE_PARAMETERS, "kind": string(min_length=1, max_length=50),
+                  "status": enum(*STATUSES)})
+
+ORDER = Keyset("jobs", ("j.created_at", "j.id"))
+
+_COLUMNS = ("id", "kind", "status", "parameters", "progress_done", "progress_total", "result",
+            "error", "created_by", "created_at", "updated_at", "started_at", "finished_at")
+_SELECT = sql.SQL(
+    "SELECT j.id, j.kind, j.status, j.parameters, j.progress_done, j.progress_total, "
+    "j.result, j.error, j.created_by, j.created_at, j.updated_at, j.started_at, "
+    "j.finished_at FROM jobs j")
+
+
+def job_row(row: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip(_COLUMNS, row, strict=True))
+
+
+def job_scope(caller: Any) -> Conditions:
+    """The caller's organization's jobs; only their own without PHI access."""
+    where = organization_scope(caller, "j")
+    if not caller.can_read_phi:
+        where.add("j.created_by = %s", caller.user_id)
+    return where
+
+
+def read_job(conn: Any, job_id: uuid.UUID) -> dict[str, Any]:
+    row = conn.execute(sql.SQL("{} WHERE j.id = %s").format(_SELECT), (job_id,)).fetchone()
+    assert row is not None, f"job {job_id} vanished"
+    return job_row(row)
+
+
+def routes(app: Atrium) -> list[Route]:
+    def list_jobs(request: Request) -> Response:
+        args = request.args
+        wanted = ORDER.request(args)
+        after, values = ORDER.after(wanted)
+        where = job_scope(request.caller).add(after, *values)
+        if "kind" in args:
+            where.add("j.kind = %s", args["kind"])
+        if "status" in args:
+            where.add("j.status = %s", args["status"])
+        query = sql.SQL("{} WHERE {} ORDER BY {} LIMIT %s").format(
+            _SELECT, where.sql(), ORDER.order_by())
+        with app.pool.connection() as conn:
+            rows = conn.execute(query, [*where.params, wanted.fetch]).fetchall()
+        jobs = [job_row(r) for r in rows]
+        return json_response(ORDER.page(jobs, wanted.limit,
+                                        key=lambda j: (j["created_at"], j["id"])),
+                             audit=AuditNote("job"))
+
+    def get_job(request: Request) -> Response:
+        where = job_scope(request.caller).add("j.id = %s", request.params["id"])
+        with app.pool.connection() as conn:
+            row = conn.execute(sql.SQL("{} WHERE {}").format(_SELECT, where.sql()),
+                               where.params).fetchone()
+        if row is None:
+            raise NotFound(f"No job {request.params['id']}")
+        job = job_row(row)
+        return json_response(job, audit=AuditNote("job", job["id"]))
+
+    tags = ("jobs",)
+    return [
+        Route("GET", "/api/jobs", list_jobs, tags=tags, auth=AUTHENTICATED, query=JOB_SEARCH,
+              summary="Background jobs of the caller's organization, newest first",
+              responses={200: Reply("A page of jobs", page_schema(JOB))}),
+        Route("GET", "/api/jobs/{id:uuid}", get_job, tags=tags, auth=AUTHENTICATED,
+              summary="A background job and its progress",
+              responses={200: Reply("The job", JOB)}),
+    ]
+
+
+# ------------------------------------------------------------- Orthanc's jobs
+
+
+class OrthancJobs:
+    """Orthanc's REST API for starting and following its jobs, over loopback HTTP
+    with Atrium's internal credential (an SDK call would hold the GIL throughout).
+    Raises :class:`~atrium.orthanc_api.OrthancError` carrying the HTTP status."""
+
+    def __init__(self, base_url: str, headers: Mapping[str, str], timeout: float = 60) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._headers = dict(headers)
+        self._http = urllib3.PoolManager(maxsize=2, retries=False,
+                                         timeout=urllib3.Timeout(connect=5, read=timeout))
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        headers = dict(self._headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            response = self._http.request(method, self.base_url + path, body=data,
+                                          headers=headers)
+        except urllib3.exceptions.HTTPError as exc:
+            raise OrthancError(path, 503, f"Orthanc unreachable: {exc}") from exc
+        if response.status >= 400:
+            raise OrthancError(path, response.status,
+                               response.data[:200].decode("utf-8", "replace"))
+        return json.loads(response.data)
+
+    def get_json(self, path: str) -> Any:
+        return self._call("GET", path)
+
+    def post_json(self, path: str, body: Any) -> Any:
+        return self._call("POST", path, body)
+
+
+# --------------------------------------------------------- de-identification
+
+_NEW_JOB = """
+INSERT INTO jobs (kind, status, organization_id, created_by, parameters, progress_total)
+VALUES ('deidentify', 'queued', %s, %s, %s, 100) RETURNING id
+"""
+_RUNNING = "UPDATE jobs SET status = 'running', started_at = now() WHERE id = %s"
+_PROGRESS = ("UPDATE jobs SET progress_done = %s, result = %s WHERE id = %s "
+             "AND (progress_done, result) IS DISTINCT FROM (%s, %s)")
+_FINISHED = """
+UPDATE jobs SET status = %(status)s, result = COALESCE(%(result)s::jsonb, result),
+       error = %(error)s, finished_at = now(),
+       progress_done = CASE WHEN %(succeeded)s THEN progress_total ELSE progress_done END
+WHERE id = %(id)s
+"""
+_MIRRORED_COPY = """
+SELECT s.id, s.organization_id, s.patient_id, p.is_deidentified, s.number_of_instances
+FROM studies s JOIN patients p ON p.id = s.patient_id
+WHERE s.orthanc_id = %s AND s.deleted_at IS NULL
+"""
+
+
+class JobFailed(Exception):
+    """A de-identification that cannot complete; the message is the job's ``error``."""
+
+
+@dataclass(frozen=True)
+class Work:
+    job_id: uuid.UUID
+    organization_id: uuid.UUID
+    study_orthanc_id: str
+
+
+class Deidentifier:
+    """Runs de-identification jobs, one at a time, on a worker thread started when
+    work arrives and ended after ``idle_seconds`` without any.
+
+    Parameters
+    ----------
+    connect
+        The pool's ``connection``.
+    orthanc
+        Factory of the :class:`OrthancJobs` client (called once, on first use).
+    poll_seconds
+        How often Orthanc's job and then the mirror are looked at.
+    max_seconds
+        Longest wait for Orthanc's job; the job fails after it.
+    mirror_seconds
+        Longest wait for the mirror to hold the whole copy; after it the job
+        succeeds with ``"mirrored": false`` (the mirror will still catch up).
+    capacity
+        Jobs waiting at most; more are refused (503) rather than queued unboundedly.
+    """
+
+    def __init__(self, connect: Callable[[], Any], orthanc: Callable[[], OrthancJobs], *,
+                 poll_seconds: float = 0.5, max_seconds: float = 6 * 3600,
+                 mirror_seconds: float = 120, idle_seconds: float = 30,
+                 capacity: int = 64) -> None:
+        self._connect = connect
+        self._orthanc_factory = orthanc
+        self._orthanc: OrthancJobs | None = None
+        self.poll_seconds = poll_seconds
+        self.max_seconds = max_seconds
+        self.mirror_seconds = mirror_seconds
+        self.idle_seconds = idle_seconds
+        self._queue: queue.Queue[Work] = queue.Queue(maxsize=capacity)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    def create(self, conn: Any, caller: Any, parameters: dict[str, Any]) -> uuid.UUID:
+        """The ``queued`` job row, in the caller's transaction."""
+        row = conn.execute(_NEW_JOB, (caller.organization_id, caller.user_id,
+                                      Jsonb(parameters))).fetchone()
+        assert row is not None
+        return row[0]
+
+    def submit(self, work: Work) -> None:
+        """Hand a created job to the worker; 503 when too many are waiting."""
+        try:
+            self._queue.put_nowait(work)
+        except queue.Full:
+            self._finish(work.job_id, "failed", None, "Too many de-identifications waiting.")
+            raise ServiceUnavailable("Too many de-identifications are waiting; try again "
+                                     "in a few minutes.") from None
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="atrium-deidentify",
+                                                daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                work = self._queue.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    if self._queue.empty():
+                        self._thread = None
+                        return
+                continue
+            self.run(work)
+
+    # -- one job ----------------------------------------------------------------
+    def run(self, work: Work) -> None:
+        """Run one job to its end; never raises (the job row says what happened)."""
+        log.info("deidentify.started job=%s", work.job_id)
+        try:
+            with self._connect() as conn:
+                conn.execute(_RUNNING, (work.job_id,))
+            result = self._anonymize(work)
+        except JobFailed as failed:
+            self._finish(work.job_id, "failed", None, str(failed))
+        except Exception as exc:  # noqa: BLE001 - the worker outlives any one job
+            log.exception("deidentify.crashed job=%s", work.job_id)
+            self._finish(work.job_id, "failed", None, f"{type(exc).__name__}: {exc}")
+        else:
+            self._finish(work.job_id, "succeeded", result, None)
+
+    def _client(self) -> OrthancJobs:
+        if self._orthanc is None:
+            self._orthanc = self._orthanc_factory()
+        return self._orthanc
+
+    def _anonymize(self, work: Work) -> dict[str, Any]:
+        orthanc = self._client()
+        try:
+            started = orthanc.post_json(f"/studies/{work.study_orthanc_id}/anonymize",
+                                        {"Asynchronous": True})
+        except OrthancError as exc:
+            if exc.status == 404:
+                raise JobFailed("The study is no longer in Orthanc.") from None
+            raise
+        result: dict[str, Any] = {"orthanc_job_id": str(started["ID"])}
+        job = self._follow(work.job_id, result)
+        content = job.get("Content") or {}
+        copy_id = str(content.get("ID") or "")
+        if not copy_id:
+            raise JobFailed("Orthanc's anonymization finished without naming its copy.")
+        copy = orthanc.get_json(f"/studies/{copy_id}")
+        expected = int(orthanc.get_json(f"/studies/{copy_id}/statistics")["CountInstances"])
+        result.update(orthanc_study_id=copy_id,
+                      study_instance_uid=copy.get("MainDicomTags", {}).get("StudyInstanceUID"))
+        result.update(self._mirrored(work, copy_id, expected))
+        return result
+
+    def _follow(self, job_id: uuid.UUID, result: dict[str, Any]) -> dict[str, Any]:
+        """Orthanc's job until it ends, its progress copied into ours."""
+        orthanc_job = result["orthanc_job_id"]
+        deadline = time.monotonic() + self.max_seconds
+        last = -1
+        while True:
+            job = self._client().get_json(f"/jobs/{orthanc_job}")
+            state = job.get("State")
+            progress = max(0, min(100, int(job.get("Progress") or 0)))
+            if progress != last:
+                last = progress
+                with self._connect() as conn:
+                    conn.execute(_PROGRESS, (progress, Jsonb(result), job_id, progress,
+                                             Jsonb(result)))
+            if state == "Success":
+                return dict(job)
+            if state == "Failure":
+                detail = job.get("ErrorDetails") or job.get("ErrorDescription") or "no detail"
+                raise JobFailed(f"Orthanc's anonymization failed: {detail}")
+            if time.monotonic() > deadline:
+                raise JobFailed(f"Orthanc's anonymization did not finish in "
+                                f"{self.max_seconds:.0f} s (Orthanc job {orthanc_job}).")
+            self._stop.wait(self.poll_seconds)
+
+    def _mirrored(self, work: Work, copy_id: str, expected: int) -> dict[str, Any]:
+        """The copy's rows in the mirror, once all ``expected`` instances are there;
+        a copy filed in another organization fails the job."""
+        deadline = time.monotonic() + self.mirror_seconds
+        row = None
+        while True:
+            with self._connect() as conn:
+                row = conn.execute(_MIRRORED_COPY, (copy_id,)).fetchone()
+            if row is not None and row[4] >= expected:
+                break
+            if time.monotonic() > deadline:
+                break
+            self._stop.wait(self.poll_seconds)
+        if row is None:
+            return {"study_id": None, "patient_id": None, "mirrored": False}
+        study_id, organization_id, patient_id, deidentified, count = row
+        if organization_id != work.organization_id:
+            log.error("deidentify.misfiled job=%s copy=%s", work.job_id, copy_id)
+            raise JobFailed("The de-identified copy was mirrored into another organization; "
+                            "report this to the administrator.")
+        if not deidentified:
+            raise JobFailed("The copy's patient is not marked de-identified "
+                            "(PatientIdentityRemoved is not YES).")
+        return {"study_id": str(study_id), "patient_id": str(patient_id),
+                "mirrored": count >= expected}
+
+    def _finish(self, job_id: uuid.UUID, status: str, result: dict[str, Any] | None,
+                error: str | None) -> None:
+        try:
+            with self._connect() as conn:
+                conn.execute(_FINISHED, {
+                    "status": status, "succeeded": status == "succeeded", "id": job_id,
+                    "error": error[:2000] if error else None,
+                    "result": Jsonb(result) if result is not None else None})
+        except Exception:  # noqa: BLE001 - nothing more can be done; the log says it
+            log.exception("deidentify.unrecorded job=%s status=%s", job_id, status)
+            return
+        log.info("deidentify.%s job=%s", status, job_id)
