@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from atrium.api import (
+    audit,
     health,
     jobs,
     me,
@@ -176,7 +177,8 @@ class Atrium:
                              *patients.routes(app),
                              *studies.routes(app),
                              *jobs.routes(app),
-                             *uploads.routes(app)], guard=guard)
+                             *uploads.routes(app),
+                             *audit.routes(app)], guard=guard)
         app.api = AuditedApi(app.router, pool.connection)
         return app
 
