@@ -15,6 +15,7 @@ import site
 import sys
 import threading
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 _HERE = Path(__file__).resolve().parent
 
@@ -140,6 +141,13 @@ def incoming_request_filter(uri: str, method: object, ip: str, headers: dict[str
     return _app.request_filter.allow(uri, name, ip, lowered)
 
 
+def _query(arguments: object) -> dict[str, str]:
+    """The query string's arguments, decoded: Orthanc 1.10 hands them to plugins as
+    they were sent ('a+b', '%25')."""
+    return {unquote_plus(str(k)): unquote_plus(str(v))
+            for k, v in dict(arguments or {}).items()}  # type: ignore[call-overload]
+
+
 def on_api(output: object, uri: str, **request: object) -> None:
     """Intervention: every ``/api/...`` request."""
     headers = {str(k).lower(): str(v) for k, v in dict(request.get("headers") or {}).items()}
@@ -147,7 +155,7 @@ def on_api(output: object, uri: str, **request: object) -> None:
     response = _app.api.handle(Request(
         method=str(request.get("method", "GET")),
         path=uri,
-        query={str(k): str(v) for k, v in dict(request.get("get") or {}).items()},
+        query=_query(request.get("get")),
         headers=headers,
         body=body if isinstance(body, bytes) else str(body).encode(),
         client_ip=getattr(_client, "ip", ""),
@@ -162,7 +170,7 @@ def on_dicomweb(output: object, uri: str, **request: object) -> None:
     response = _app.dicomweb.handle(Request(
         method=str(request.get("method", "GET")),
         path=uri[len(PUBLIC_DICOMWEB_ROOT) - 1:],
-        query={str(k): str(v) for k, v in dict(request.get("get") or {}).items()},
+        query=_query(request.get("get")),
         headers=headers,
         body=body if isinstance(body, bytes) else str(body).encode(),
         client_ip=getattr(_client, "ip", ""),

@@ -370,10 +370,6 @@ def test_bad_input_is_a_400_problem_never_a_5xx(atrium: AtriumUnderTest) -> None
         assert is_problem(clinician.post("/api/patients", body), 400), body
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Orthanc 1.10 hands plugins the query string's values still URL-encoded ('a b' "
-    "arrives as 'a+b', '%' as '%25'); the edge (atrium_entry.on_api) must decode them. "
-    "Remove this mark when it does."))
 def test_query_values_arrive_url_decoded(atrium: AtriumUnderTest) -> None:
     clinician = Client(atrium, "clinician", unique("Decode "))
     mrn = unique("a b%c+")

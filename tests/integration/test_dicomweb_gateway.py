@@ -74,6 +74,9 @@ def test_qido_lists_only_the_callers_studies(atrium: AtriumUnderTest,
     only = client(atrium, "clinician", ORG_A).search_for_studies(
         search_filters={"PatientID": studies["a_identified"].patient_id})
     assert study_uids(only) == {studies["a_identified"].study_uid}
+    by_name = client(atrium, "clinician", ORG_A).search_for_studies(
+        search_filters={"PatientName": "Identified^Al*"})  # sent as Identified%5EAl*
+    assert study_uids(by_name) == {studies["a_identified"].study_uid}
     across = client(atrium, "clinician", ORG_A).search_for_series(
         search_filters={"PatientID": studies["b_identified"].patient_id})
     assert across == []

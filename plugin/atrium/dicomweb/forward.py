@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import urllib3
 
@@ -20,6 +20,12 @@ __all__ = ["Forwarded", "PluginForwarder"]
 # Request headers worth passing on; Authorization never (the plugin trusts Atrium).
 _PASSED = ("accept", "content-type", "host", "forwarded", "x-forwarded-proto",
            "x-forwarded-host")
+
+
+# Characters sent as they are: Orthanc 1.10 hands query values to the plugin without
+# decoding them, so '*' sent as %2A would be matched literally. Only what would
+# break the URL (space, '&', '#', '%', '+', '=') is escaped.
+_RAW = "*^,.-_~:/\\!$'()@;?[]|"
 
 
 @dataclass(frozen=True)
@@ -40,7 +46,8 @@ class PluginForwarder:
     def __call__(self, method: str, path: str, query: Mapping[str, str],
                  headers: Mapping[str, str], body: bytes = b"") -> Forwarded:
         """``path`` below the root, e.g. ``/studies/1.2.3/metadata``."""
-        url = self._base + path + (f"?{urlencode(query)}" if query else "")
+        url = self._base + path + (f"?{urlencode(query, safe=_RAW, quote_via=quote)}"
+                                   if query else "")
         passed = {name: headers[name] for name in _PASSED if name in headers}
         try:
             response = self._http.request(method, url, body=body or None,

@@ -2,9 +2,9 @@
 
 The DICOMweb plugin searches all of Orthanc. Atrium finds the page of studies the
 caller may see — their organization's, de-identified only unless they may read PHI
-— with the standard matching keys it can evaluate in SQL, then asks the plugin for
-exactly those studies (UID list matching), with the caller's other keys and
-``includefield`` applied by the plugin as usual. A key Atrium cannot evaluate only
+— with the standard matching keys it evaluates in SQL, then asks the plugin for
+exactly those studies (UID list matching), passing on only the keys it did not
+evaluate and options such as ``includefield``. A key Atrium does not evaluate only
 narrows the plugin's answer, never widens it.
 """
 
@@ -29,6 +29,7 @@ _KEY_ALIASES = {
     "00081030": "StudyDescription",
 }
 _PAGING = {"limit", "offset"}
+_EVALUATED = frozenset(_KEY_ALIASES.values())
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 
@@ -111,7 +112,10 @@ def parse_study_query(query: Mapping[str, str]) -> StudyQuery:
             conditions.append(sql.SQL(
                 "EXISTS (SELECT 1 FROM series se WHERE se.study_id = s.id "
                 "AND se.deleted_at IS NULL AND se.modality = ANY(%(modalities)s))"))
-        passthrough[raw_key] = value
+        elif key in _EVALUATED and not value:
+            pass  # an empty key matches everything (it only asks for the attribute)
+        else:
+            passthrough[raw_key] = value
     return StudyQuery(conditions, params,
                       limit=_int("limit", query.get("limit"), DEFAULT_LIMIT, MAX_LIMIT),
                       offset=_int("offset", query.get("offset"), 0, 10_000_000),
