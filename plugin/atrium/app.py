@@ -47,7 +47,7 @@ from atrium.storage import ObjectStore, S3ObjectStore, open_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Atrium", "orthanc_client", "organization_resolver"]
+__all__ = ["Atrium", "build_mirror", "orthanc_client", "organization_resolver"]
 
 
 def orthanc_client(settings: Settings) -> HttpOrthancApi:
@@ -95,6 +95,25 @@ def organization_resolver(settings: Settings,
 MIRROR_FETCH_WORKERS = 4
 
 
+def build_mirror(settings: Settings, pool: Any, fetch_workers: int = MIRROR_FETCH_WORKERS
+                 ) -> Mirror:
+    """The mirror as Atrium runs it, inside Orthanc or from the ``atrium`` command.
+
+    It reads Orthanc over loopback HTTP, not through the SDK: the plugin holds the
+    GIL for the whole of an SDK call, so SDK reads run one at a time and stall every
+    other Python callback, while HTTP reads from a few threads run in Orthanc's own
+    threads, in parallel.
+    """
+    reader = orthanc_client(settings)
+    index = OrthancIndex(settings.orthanc_index_url) if settings.orthanc_index_url else None
+    resolver = organization_resolver(
+        settings, SourceOrganizations(pool.connection),
+        lambda source: reader.get_json(f"/instances/{source}/metadata?expand"))
+    return Mirror(reader, MirrorWriter(pool.connection), resolver,
+                  batch_size=settings.mirror_batch_size, fetch_workers=fetch_workers,
+                  index=index)
+
+
 def maintain(pool: Any) -> None:
     """Partitions ahead, expired audit months and old jobs (``atrium_maintain()``)."""
     with pool.connection() as conn:
@@ -116,6 +135,7 @@ class Atrium:
     request_filter: RequestFilter
     dicomweb: DicomWebGateway
     orthanc_http: HttpOrthancApi  # loopback HTTP with Atrium's internal credential
+    identities: Identities | None = None  # who the tokens are (cached); see auth.guard
 
     @classmethod
     def build(cls, settings: Settings, orthanc: OrthancApi) -> Atrium:
@@ -123,18 +143,8 @@ class Atrium:
         store = open_store(settings.storage_url, s3_endpoint=settings.s3_endpoint,
                            s3_access_key=settings.s3_access_key,
                            s3_secret_key=settings.s3_secret_key, s3_secure=settings.s3_secure)
-        # The mirror reads Orthanc over loopback HTTP, not through the SDK: the
-        # plugin holds the GIL for the whole of an SDK call, so SDK reads run one at
-        # a time and stall every other Python callback, while HTTP reads from a few
-        # threads run in Orthanc's own threads, in parallel.
-        reader = orthanc_client(settings)
-        index = OrthancIndex(settings.orthanc_index_url) if settings.orthanc_index_url else None
-        resolver = organization_resolver(
-            settings, SourceOrganizations(pool.connection),
-            lambda source: reader.get_json(f"/instances/{source}/metadata?expand"))
-        mirror = Mirror(reader, MirrorWriter(pool.connection), resolver,
-                        batch_size=settings.mirror_batch_size, fetch_workers=MIRROR_FETCH_WORKERS,
-                        index=index)
+        mirror = build_mirror(settings, pool)
+        reader = mirror.api
 
         def prepare() -> None:
             apply_migrations(settings.database_url)
@@ -158,7 +168,8 @@ class Atrium:
         worker = MirrorWorker(mirror, prepare=prepare, full_check=full_check,
                               poll_seconds=settings.mirror_poll_seconds,
                               full_check_seconds=settings.mirror_full_check_seconds)
-        guard = AuthGuard(validator_for(settings).validate, Identities(pool.connection))
+        identities = Identities(pool.connection)
+        guard = AuthGuard(validator_for(settings).validate, identities)
         secret = internal_secret(settings.data_dir)
         plugin_root = settings.dicomweb_plugin_root
         forwarder = PluginForwarder(settings.orthanc_url, plugin_root, {INTERNAL_HEADER: secret})
@@ -169,7 +180,7 @@ class Atrium:
                                 gateway_enabled=True),
                   DicomWebGateway(guard, pool.connection, forwarder,
                                   public_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root),
-                  reader)
+                  orthanc_client(settings), identities)
         app.router = Router([*health.routes(app), *mirror_status.routes(app),
                              *openapi.routes(app), *me.routes(app),
                              *organizations.routes(app),

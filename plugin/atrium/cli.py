@@ -48,13 +48,9 @@ def _pool(settings: Settings) -> Any:
 
 
 def _mirror(settings: Settings, pool: Any, workers: int = 4) -> Any:
-    from atrium.app import organization_resolver, orthanc_client
-    from atrium.mirror.sync import Mirror
-    from atrium.mirror.writer import MirrorWriter
+    from atrium.app import build_mirror
 
-    api = orthanc_client(settings)
-    return Mirror(api, MirrorWriter(pool.connection), organization_resolver(settings),
-                  batch_size=settings.mirror_batch_size, fetch_workers=workers)
+    return build_mirror(settings, pool, workers)
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:

@@ -168,6 +168,8 @@ def routes(app: Atrium) -> list[Route]:
                                "(ATRIUM_AET_ORGANIZATIONS); remove the mapping first.")
             conn.execute("UPDATE organizations SET deleted_at = now() WHERE id = %s",
                          (current["id"],))
+        if app.identities is not None:
+            app.identities.forget()  # its members' cached logins end now, not in minutes
         return no_content()
 
     tags = ("organizations",)
