@@ -54,7 +54,10 @@ RUN install -d -o orthanc -g orthanc /var/lib/orthanc/db /var/lib/orthanc/atrium
 # the checkout's copy (next to the `atrium` package it imports); the venv supplies
 # the dependencies. ATRIUM_SQL_DIR points the migration runner at the migrations
 # shipped here, applied automatically at start-up.
+# The DICOMweb plugin answers under a private root only Atrium reaches; Atrium
+# serves /dicom-web/ itself, scoped to each caller (docs/SECURITY.md).
 ENV ORTHANC__PYTHON_SCRIPT=/opt/atrium/plugin/atrium_entry.py \
+    ORTHANC__DICOM_WEB__ROOT=/atrium-dicomweb-plugin/ \
     ATRIUM_VENV=/opt/atrium/.venv \
     ATRIUM_SQL_DIR=/opt/atrium/sql \
     ATRIUM_DATA_DIR=/var/lib/orthanc/atrium \

@@ -331,3 +331,15 @@ def test_license_is_the_full_agpl_v3() -> None:
     assert len(text) > 33_000, "the licence text is truncated"
     assert "13. Remote Network Interaction; Use with the GNU General Public License." in text
     assert text.rstrip().endswith("<https://www.gnu.org/licenses/>.")
+
+
+def test_the_dicomweb_plugin_answers_only_under_a_private_root() -> None:
+    """Atrium serves /dicom-web/ itself (the gateway); the plugin must not."""
+    from atrium.settings import dicomweb_plugin_root
+
+    local = json.loads((ROOT / "orthanc-config" / "orthanc.json").read_text())
+    private = dicomweb_plugin_root(local)
+    assert private != "/dicom-web/"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"ORTHANC__DICOM_WEB__ROOT={private}" in dockerfile
+    assert "DICOM_WEB__ROOT" not in COMPOSE_FILE.read_text()  # nothing overrides it

@@ -78,3 +78,16 @@ def test_the_orthanc_index_url_comes_from_orthancs_postgresql_section() -> None:
     override = load_settings(config, {**BASE_ENV, "ATRIUM_ORTHANC_INDEX_URL": "postgresql://x/y"},
                              Path("/srv"))
     assert override.orthanc_index_url == "postgresql://x/y"
+
+
+@pytest.mark.parametrize("root", ["/dicom-web/", "/", "dicom-web/", "/private"])
+def test_the_dicomweb_plugin_root_must_be_private(root: str) -> None:
+    with pytest.raises(SettingsError, match="DicomWeb.Root"):
+        load_settings({"DicomWeb": {"Root": root}}, BASE_ENV, Path("/srv"))
+
+
+def test_the_dicomweb_plugin_root_is_read_from_orthancs_configuration() -> None:
+    configured = load_settings({"DicomWeb": {"Root": "/internal-dw/"}}, BASE_ENV, Path("/srv"))
+    assert configured.dicomweb_plugin_root == "/internal-dw/"
+    assert load_settings({}, BASE_ENV, Path("/srv")).dicomweb_plugin_root == \
+        "/atrium-dicomweb-plugin/"
