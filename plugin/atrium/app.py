@@ -114,6 +114,23 @@ def build_mirror(settings: Settings, pool: Any, fetch_workers: int = MIRROR_FETC
                   index=index)
 
 
+def organization_id_of(pool: Any, name: str) -> Callable[[], Any]:
+    """The id of the organization ``name``, looked up once it exists."""
+    found: list[Any] = []
+
+    def lookup() -> Any:
+        if not found:
+            with pool.connection() as conn:
+                row = conn.execute("SELECT id FROM organizations WHERE name = %s",
+                                   (name,)).fetchone()
+            if row is None:
+                return None
+            found.append(row[0])
+        return found[0]
+
+    return lookup
+
+
 def maintain(pool: Any) -> None:
     """Partitions ahead, expired audit months and old jobs (``atrium_maintain()``)."""
     with pool.connection() as conn:
@@ -177,7 +194,8 @@ class Atrium:
                   AuditedApi(Router([]), pool.connection),
                   RequestFilter(guard, secret, pool.connection,
                                 dicomweb_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root,
-                                gateway_enabled=True),
+                                gateway_enabled=True,
+                                operators=organization_id_of(pool, settings.default_organization)),
                   DicomWebGateway(guard, pool.connection, forwarder,
                                   public_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root),
                   orthanc_client(settings), identities)

@@ -1,9 +1,8 @@
 """Authentication on every kind of route Orthanc serves, against an Atrium that
 trusts a Keycloak-like issuer on loopback (discovery and JWKS over HTTP).
 
-Route kinds: Atrium's API (answers 401 with a problem document), Orthanc's native
-REST API (its request filter can only refuse: 403). DICOMweb is covered with the
-gateway's own tests.
+Route kinds: Atrium's API and the DICOMweb gateway (401 with a problem document),
+Orthanc's native REST API (its request filter can only refuse: 403).
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from tests.support.oidc_issuer import OidcIssuer, malicious_tokens
 
 ATRIUM_ROUTE = "/api/me"
 ORTHANC_ROUTE = "/instances"
+DICOMWEB_ROUTE = "/dicom-web/studies"
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +69,14 @@ def test_every_bad_token_is_refused_on_every_route_kind(
     assert api.headers["WWW-Authenticate"].startswith("Bearer")
     assert token[:40] not in api.text  # the problem never echoes the token
     assert get(secured, ORTHANC_ROUTE, token).status_code == 403, name
+    dicomweb = get(secured, DICOMWEB_ROUTE, token)
+    assert dicomweb.status_code == 401, (name, dicomweb.text)
+    assert dicomweb.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 def test_a_valid_token_reaches_what_its_role_allows(
         secured: AtriumUnderTest, oidc_issuer_session: OidcIssuer) -> None:
-    admin = oidc_issuer_session.token_for("ada", ["admin"], "Hospital A")
+    admin = oidc_issuer_session.token_for("ada", ["admin"], "Default")
     researcher = oidc_issuer_session.token_for("rob", ["researcher"], "Hospital A")
     me = get(secured, ATRIUM_ROUTE, researcher)
     assert me.status_code == 200, me.text
@@ -109,7 +112,7 @@ def test_a_rotated_key_is_picked_up_without_restart(
     time.sleep(REFETCH_INTERVAL_SECONDS + 0.5)
     assert get(secured, ATRIUM_ROUTE, new).status_code == 200
     assert get(secured, ORTHANC_ROUTE, oidc_issuer_session.token_for(
-        "dan", ["admin"], "Hospital A")).status_code == 200
+        "dan", ["admin"], "Default")).status_code == 200
 
 
 def test_an_unreachable_issuer_fails_closed(workspace: Path, pg_cluster: LocalCluster,

@@ -12,7 +12,7 @@ import pytest
 from psycopg import sql
 
 from atrium.auth.internal import INTERNAL_HEADER, internal_secret, is_internal_call
-from atrium.auth.request_filter import RouteKind, route_kind
+from atrium.auth.request_filter import OrthancScope, RouteKind, orthanc_scope, route_kind
 from atrium.dicomweb.gateway import _multipart_parts, _stow_study_uids
 from atrium.dicomweb.qido import parse_study_query, split_uids, wildcard_to_like
 from atrium.errors import BadRequest, UnsupportedMediaType
@@ -112,3 +112,20 @@ def test_stow_parts_give_their_study_uids_and_garbage_is_left_to_the_plugin() ->
     assert _stow_study_uids(parts) == {first.study_uid, second.study_uid}
     with pytest.raises(UnsupportedMediaType):
         _multipart_parts(body, "application/dicom")
+
+
+@pytest.mark.parametrize(("uri", "scope", "level"), [
+    ("/system", OrthancScope.SYSTEM, None),
+    ("/statistics/", OrthancScope.SYSTEM, None),
+    ("/studies/0b1c1f4a-6f0e3bd1-2f1f3c55-3e9a6f0e-1c2d3e4f", OrthancScope.RESOURCE, "studies"),
+    ("/instances/0b1c1f4a-6f0e3bd1-2f1f3c55-3e9a6f0e-1c2d3e4f/file",
+     OrthancScope.RESOURCE, "instances"),
+    ("/studies", OrthancScope.EVERYTHING, None),
+    ("/studies/not-an-orthanc-id", OrthancScope.EVERYTHING, None),
+    ("/tools/find", OrthancScope.EVERYTHING, None),
+    ("/app/explorer.html", OrthancScope.EVERYTHING, None),
+    ("/", OrthancScope.EVERYTHING, None),
+])
+def test_orthanc_routes_by_what_they_reach(uri: str, scope: OrthancScope,
+                                           level: str | None) -> None:
+    assert orthanc_scope(uri)[:2] == (scope, level)

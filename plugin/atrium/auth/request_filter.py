@@ -11,14 +11,16 @@ and headers, never the answer. So it decides by kind of route:
 * The DICOMweb plugin's real root, kept private: only Atrium's own calls, which
   carry the internal secret (:mod:`atrium.auth.internal`).
 * Everything else is Orthanc's native REST API and its web tools: a valid token
-  with the ``orthanc-admin`` permission (role ``admin``), and one audit row per
-  request, refused or not.
+  with the ``orthanc-admin`` permission (role ``admin``), confined like the rest
+  of Atrium to the caller's organization (see :func:`orthanc_scope`), and one
+  audit row per request, refused or not.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -27,11 +29,11 @@ from atrium.auth.guard import AuthGuard, Caller
 from atrium.auth.internal import is_internal_call
 from atrium.auth.principal import Permission
 from atrium.auth.request_audit import audit_event
-from atrium.errors import ApiError, Forbidden
+from atrium.errors import ApiError, Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RequestFilter", "RouteKind", "route_kind"]
+__all__ = ["OrthancScope", "RequestFilter", "RouteKind", "orthanc_scope", "route_kind"]
 
 
 class RouteKind(enum.Enum):
@@ -44,6 +46,48 @@ class RouteKind(enum.Enum):
 # Orthanc's routes whose answers can carry patient data.
 _DATA_PREFIXES = ("/patients", "/studies", "/series", "/instances", "/tools", "/wado",
                   "/modalities", "/peers", "/queries", "/jobs", "/archive", "/media")
+
+
+class OrthancScope(enum.Enum):
+    """What an Orthanc route reaches, for confining administrators to their
+    organization: the filter cannot change an answer, only refuse a request."""
+
+    SYSTEM = "system"  # no patient data: /system, /statistics, /plugins, /tools/now...
+    RESOURCE = "resource"  # one patient, study, series or instance, by its Orthanc id
+    EVERYTHING = "everything"  # lists, searches, jobs, peers, uploads, the web UI...
+
+
+_SYSTEM_ROUTES = ("/system", "/statistics", "/plugins", "/tools/now", "/tools/now-local",
+                  "/tools/dicom-conformance", "/tools/generate-uid", "/tools/log-level")
+_LEVEL_TABLES = {"patients": "patients", "studies": "studies", "series": "series",
+                 "instances": "instances"}
+_ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
+
+# Every live mirror row behind one Orthanc resource, with its organization. A
+# patient resource of Orthanc can hold studies of several organizations (the same
+# PatientID); it is reachable only when all are the caller's.
+_RESOURCE_ORGANIZATIONS = {
+    "patients": "SELECT DISTINCT organization_id FROM patients "
+                "WHERE orthanc_id = %s AND deleted_at IS NULL",
+    "studies": "SELECT organization_id FROM studies WHERE orthanc_id = %s "
+               "AND deleted_at IS NULL",
+    "series": "SELECT st.organization_id FROM series se JOIN studies st ON st.id = se.study_id "
+              "WHERE se.orthanc_id = %s AND se.deleted_at IS NULL",
+    "instances": "SELECT st.organization_id FROM instances i JOIN series se "
+                 "ON se.id = i.series_id JOIN studies st ON st.id = se.study_id "
+                 "WHERE i.orthanc_id = %s AND i.deleted_at IS NULL",
+}
+
+
+def orthanc_scope(uri: str) -> tuple[OrthancScope, str | None, str | None]:
+    """(scope, level, Orthanc id) of a native Orthanc URI."""
+    path = uri.split("?", 1)[0].rstrip("/")
+    if path in _SYSTEM_ROUTES:
+        return OrthancScope.SYSTEM, None, None
+    parts = path.split("/")
+    if len(parts) >= 3 and parts[1] in _LEVEL_TABLES and _ORTHANC_ID.match(parts[2]):
+        return OrthancScope.RESOURCE, parts[1], parts[2]
+    return OrthancScope.EVERYTHING, None, None
 
 
 def route_kind(uri: str, dicomweb_root: str, plugin_root: str) -> RouteKind:
@@ -62,8 +106,12 @@ class RequestFilter:
     filter is a 500); any failure refuses."""
 
     def __init__(self, guard: AuthGuard, internal_secret: str, connect: Callable[[], Any], *,
-                 dicomweb_root: str, plugin_root: str, gateway_enabled: bool) -> None:
+                 dicomweb_root: str, plugin_root: str, gateway_enabled: bool,
+                 operators: Callable[[], Any] = lambda: None) -> None:
+        """``operators``: the id of the organization whose administrators operate
+        Orthanc as a whole (the default organization), or None."""
         self._guard = guard
+        self._operators = operators
         self._secret = internal_secret
         self._connect = connect
         self._dicomweb_root = dicomweb_root
@@ -96,12 +144,28 @@ class RequestFilter:
             caller = self._guard.caller(headers.get("authorization"))
             if not caller.can(Permission.ORTHANC_ADMIN):
                 raise Forbidden("Orthanc's own API is for administrators")
+            self._confine(caller, uri)
             status = 200
         except ApiError as error:
             status = error.status
         phi = method == "GET" and uri.startswith(_DATA_PREFIXES)
         self._audit(caller, method, uri, status, ip, headers, phi=phi)
         return status == 200
+
+    def _confine(self, caller: Caller, uri: str) -> None:
+        """Raise NotFound unless ``uri`` stays within the caller's organization."""
+        scope, level, orthanc_id = orthanc_scope(uri)
+        if scope is OrthancScope.SYSTEM or caller.organization_id == self._operators():
+            return
+        if scope is OrthancScope.EVERYTHING:
+            raise NotFound("Orthanc's lists, searches and tools span every organization: "
+                           "they are for the default organization's administrators")
+        assert level is not None
+        with self._connect() as conn:
+            owners = {row[0] for row in conn.execute(_RESOURCE_ORGANIZATIONS[level],
+                                                     (orthanc_id,)).fetchall()}
+        if owners != {caller.organization_id}:
+            raise NotFound("No such resource in your organization")
 
     def _audit(self, caller: Caller | None, method: str, uri: str, status: int, ip: str,
                headers: Mapping[str, str], *, phi: bool) -> None:
