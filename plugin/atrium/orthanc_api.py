@@ -100,6 +100,11 @@ class HttpOrthancApi:
     def post(self, path: str, body: bytes, content_type: str = "application/dicom") -> bytes:
         return bytes(self._request("POST", path, body, content_type).data)
 
+    def post_json(self, path: str, body: Any) -> Any:
+        """POST ``body`` as JSON; the JSON answer."""
+        answer = self._request("POST", path, json.dumps(body).encode(), "application/json")
+        return json.loads(answer.data)
+
 
 def iter_changes(api: OrthancApi, since: int, limit: int) -> Iterator[tuple[list[dict[str, Any]],
                                                                                int, bool]]:

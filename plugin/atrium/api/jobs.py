@@ -15,17 +15,15 @@ de-identified patient (:func:`atrium.app.organization_resolver` puts it there).
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import urllib3
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -35,14 +33,14 @@ from atrium.api.schema import date_time, enum, integer, nullable, obj, string
 from atrium.api.schema import uuid as uuid_schema
 from atrium.api.scope import Conditions, organization_scope
 from atrium.errors import NotFound, ServiceUnavailable
-from atrium.orthanc_api import OrthancError
+from atrium.orthanc_api import HttpOrthancApi, OrthancError
 
 if TYPE_CHECKING:
     from atrium.app import Atrium
 
 log = logging.getLogger(__name__)
 
-__all__ = ["JOB", "Deidentifier", "OrthancJobs", "routes"]
+__all__ = ["JOB", "Deidentifier", "routes"]
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 
@@ -131,40 +129,6 @@ def routes(app: Atrium) -> list[Route]:
 # ------------------------------------------------------------- Orthanc's jobs
 
 
-class OrthancJobs:
-    """Orthanc's REST API for starting and following its jobs, over loopback HTTP
-    with Atrium's internal credential (an SDK call would hold the GIL throughout).
-    Raises :class:`~atrium.orthanc_api.OrthancError` carrying the HTTP status."""
-
-    def __init__(self, base_url: str, headers: Mapping[str, str], timeout: float = 60) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._headers = dict(headers)
-        self._http = urllib3.PoolManager(maxsize=2, retries=False,
-                                         timeout=urllib3.Timeout(connect=5, read=timeout))
-
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = dict(self._headers)
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
-        try:
-            response = self._http.request(method, self.base_url + path, body=data,
-                                          headers=headers)
-        except urllib3.exceptions.HTTPError as exc:
-            raise OrthancError(path, 503, f"Orthanc unreachable: {exc}") from exc
-        if response.status >= 400:
-            raise OrthancError(path, response.status,
-                               response.data[:200].decode("utf-8", "replace"))
-        return json.loads(response.data)
-
-    def get_json(self, path: str) -> Any:
-        return self._call("GET", path)
-
-    def post_json(self, path: str, body: Any) -> Any:
-        return self._call("POST", path, body)
-
-
 # --------------------------------------------------------- de-identification
 
 _NEW_JOB = """
@@ -207,7 +171,7 @@ class Deidentifier:
     connect
         The pool's ``connection``.
     orthanc
-        Factory of the :class:`OrthancJobs` client (called once, on first use).
+        Factory of the :class:`HttpOrthancApi` client (called once, on first use).
     poll_seconds
         How often Orthanc's job and then the mirror are looked at.
     max_seconds
@@ -219,13 +183,13 @@ class Deidentifier:
         Jobs waiting at most; more are refused (503) rather than queued unboundedly.
     """
 
-    def __init__(self, connect: Callable[[], Any], orthanc: Callable[[], OrthancJobs], *,
+    def __init__(self, connect: Callable[[], Any], orthanc: Callable[[], HttpOrthancApi], *,
                  poll_seconds: float = 0.5, max_seconds: float = 6 * 3600,
                  mirror_seconds: float = 120, idle_seconds: float = 30,
                  capacity: int = 64) -> None:
         self._connect = connect
         self._orthanc_factory = orthanc
-        self._orthanc: OrthancJobs | None = None
+        self._orthanc: HttpOrthancApi | None = None
         self.poll_seconds = poll_seconds
         self.max_seconds = max_seconds
         self.mirror_seconds = mirror_seconds
@@ -284,7 +248,7 @@ class Deidentifier:
         else:
             self._finish(work.job_id, "succeeded", result, None)
 
-    def _client(self) -> OrthancJobs:
+    def _client(self) -> HttpOrthancApi:
         if self._orthanc is None:
             self._orthanc = self._orthanc_factory()
         return self._orthanc

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from atrium.api.http import AuditNote, Reply, Request, Response, Route, json_response
-from atrium.api.jobs import JOB, Deidentifier, OrthancJobs, Work, read_job
+from atrium.api.jobs import JOB, Deidentifier, Work, read_job
 from atrium.api.pagination import PAGE_PARAMETERS, Keyset, page, page_request, page_schema
 from atrium.api.patients import READERS
 from atrium.api.schema import (
@@ -35,7 +35,6 @@ from atrium.api.schema import (
     uuid,
 )
 from atrium.api.scope import live_study_scope, require_live_organization, require_words
-from atrium.auth.internal import INTERNAL_HEADER, internal_secret
 from atrium.auth.principal import Permission
 from atrium.errors import Conflict, NotFound
 
@@ -169,9 +168,7 @@ def _phi(item: dict[str, Any]) -> bool:
 
 
 def routes(app: Atrium) -> list[Route]:
-    settings = app.settings
-    deidentifier = Deidentifier(app.pool.connection, lambda: OrthancJobs(
-        settings.orthanc_url, {INTERNAL_HEADER: internal_secret(settings.data_dir)}))
+    deidentifier = Deidentifier(app.pool.connection, lambda: app.orthanc_http)
 
     def find_study(request: Request, conn: Any) -> dict[str, Any]:
         where = live_study_scope(request.caller).add("s.id = %s", request.params["id"])
