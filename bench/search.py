@@ -234,6 +234,10 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--studies", type=int, default=100_000)
     parser.add_argument("--orthanc-studies", type=int, default=20_000)
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the PostgreSQL cluster running with the generated rows "
+                             "and print its URL, to EXPLAIN the searches; stop it with "
+                             "pg_ctl (as the postgres user when run as root)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="atrium-bench-search-"))
     root.chmod(0o755)
@@ -241,6 +245,7 @@ def main() -> int:
     cluster.init()
     cluster.start()
     process = None
+    database_url = None
     try:
         process, database_url = start(root, cluster)
         url = process.url
@@ -260,7 +265,10 @@ def main() -> int:
     finally:
         if process is not None:
             process.stop()
-        cluster.stop("fast")
+        if args.keep and database_url is not None:
+            print(f"kept: {database_url}  (stop: pg_ctl -D {cluster.pgdata} stop)")
+        else:
+            cluster.stop("fast")
     return 0
 
 
