@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -130,6 +131,7 @@ def main() -> int:
         if orthanc is not None:
             orthanc.stop()
         cluster.stop("fast")
+        shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
