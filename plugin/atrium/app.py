@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
 from atrium.api import (
     audit,
     health,
@@ -131,10 +133,25 @@ def organization_id_of(pool: Any, name: str) -> Callable[[], Any]:
     return lookup
 
 
-def maintain(pool: Any) -> None:
-    """Partitions ahead, expired audit months and old jobs (``atrium_maintain()``)."""
+def grant_runtime_role(settings: Settings, pool: Any) -> None:
+    """When Atrium runs as a role other than the schema's owner, give that role what
+    it needs on every table — and nothing that changes audit rows
+    (``atrium_grant_app_role()``, sql/0007)."""
+    if settings.owner_url == settings.database_url:
+        return
     with pool.connection() as conn:
-        done = conn.execute("SELECT atrium_maintain()").fetchone()[0]
+        row = conn.execute("SELECT current_user").fetchone()
+    runtime = row[0] if row else None
+    with psycopg.connect(settings.owner_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SELECT atrium_grant_app_role(%s)", (runtime,))
+
+
+def maintain(owner_url: str) -> None:
+    """Partitions ahead, expired audit months and old jobs (``atrium_maintain()``);
+    as the schema's owner, who alone may create and drop partitions."""
+    with psycopg.connect(owner_url, autocommit=True, connect_timeout=10) as conn:
+        row = conn.execute("SELECT atrium_maintain()").fetchone()
+    done = row[0] if row else {}
     if any(done.values()):
         log.info("maintenance %s", done)
 
@@ -164,19 +181,20 @@ class Atrium:
         reader = mirror.api
 
         def prepare() -> None:
-            apply_migrations(settings.database_url)
+            apply_migrations(settings.owner_url)
+            grant_runtime_role(settings, pool)
             if isinstance(store, S3ObjectStore):
                 store.ensure_bucket()
             with pool.connection() as conn:
                 conn.execute("INSERT INTO organizations (name) VALUES (%s) "
                              "ON CONFLICT (name) DO NOTHING", (settings.default_organization,))
-            maintain(pool)
+            maintain(settings.owner_url)
             if needs_backfill(mirror):
                 log.info("mirror.backfill reason=first start over a non-empty Orthanc")
                 backfill(mirror, pool.connection)
 
         def full_check() -> None:
-            maintain(pool)
+            maintain(settings.owner_url)
             report = compare(reader, pool.connection)
             if not report.clean:
                 log.warning("mirror.full_check differences=%d", len(report.differences))

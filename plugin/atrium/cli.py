@@ -182,13 +182,17 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     try:
         cluster.ensure_database("orthanc")
         cluster.ensure_database("atrium")
+        cluster.ensure_app_role()
         applied = apply_migrations(settings.database_url)
         print(f"atrium: migrations applied: {len(applied)}")
         config = orthanc_config(
             base=_read_config(args.config), data_dir=data_dir, cluster=cluster,
             index_database="orthanc", http_port=settings.orthanc_http_port,
             dicom_port=settings.orthanc_dicom_port, aet=settings.orthanc_aet,
-            atrium={"DatabaseUrl": settings.database_url},
+            # Atrium runs as a role that cannot change audit rows; migrations and
+            # partition upkeep as the cluster's owner.
+            atrium={"DatabaseUrl": cluster.app_url("atrium"),
+                    "DatabaseOwnerUrl": settings.database_url},
             python_script=REPO_ROOT / "plugin" / "atrium_entry.py",
         )
         orthanc = OrthancProcess(data_dir / "orthanc", config)

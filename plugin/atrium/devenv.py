@@ -89,6 +89,37 @@ class LocalCluster:
     def url(self, database: str) -> str:
         return f"postgresql://{self.user}:{self.password()}@127.0.0.1:{self.port}/{database}"
 
+    # -- Atrium's runtime role ----------------------------------------------------
+    APP_ROLE = "atrium_app"
+
+    def app_password(self) -> str:
+        path = self.data_dir / "postgres-app.password"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(24))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def app_url(self, database: str) -> str:
+        """The URL Atrium runs with: a role that is neither superuser nor owner, so
+        that audit rows are beyond its reach (sql/0007)."""
+        return (f"postgresql://{self.APP_ROLE}:{self.app_password()}@127.0.0.1:{self.port}"
+                f"/{database}")
+
+    def ensure_app_role(self) -> None:
+        """Create Atrium's runtime role once (cluster-wide); its password follows
+        the file."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                  (self.APP_ROLE,)).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
+                sql.SQL(verb), sql.Identifier(self.APP_ROLE),
+                sql.Literal(self.app_password())))
+
     # -- lifecycle --------------------------------------------------------------
     def initialized(self) -> bool:
         return (self.pgdata / "PG_VERSION").exists()

@@ -29,6 +29,7 @@ _AET_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
 _CONFIG_KEYS: dict[str, str] = {
     "ATRIUM_DATA_DIR": "DataDir",
     "ATRIUM_DATABASE_URL": "DatabaseUrl",
+    "ATRIUM_DATABASE_OWNER_URL": "DatabaseOwnerUrl",
     "ATRIUM_STORAGE_URL": "StorageUrl",
     "ATRIUM_S3_ENDPOINT": "S3Endpoint",
     "ATRIUM_S3_ACCESS_KEY": "S3AccessKey",
@@ -79,6 +80,13 @@ class Settings:
     mirror_poll_seconds: float = 5.0
     mirror_full_check_seconds: float = 3600.0
     dicomweb_plugin_root: str = "/atrium-dicomweb-plugin/"
+    # Migrations and partition upkeep need the schema's owner; everything else runs
+    # as ``database_url``'s role, which cannot change audit rows. None: the same.
+    database_owner_url: str | None = None
+
+    @property
+    def owner_url(self) -> str:
+        return self.database_owner_url or self.database_url
 
     def organization_for_aet(self, calling_aet: str | None) -> str:
         """The organization name DICOM from ``calling_aet`` belongs to."""
@@ -254,6 +262,10 @@ def load_settings(
         raise SettingsError(
             f"ATRIUM_DATABASE_URL must be a libpq URL (postgresql://...), got {database_url!r}"
         )
+    database_owner_url = raw("ATRIUM_DATABASE_OWNER_URL")
+    if database_owner_url and not database_owner_url.startswith(("postgresql://",
+                                                                 "postgres://")):
+        raise SettingsError("ATRIUM_DATABASE_OWNER_URL must be a libpq URL (postgresql://...)")
 
     s3_endpoint = raw("ATRIUM_S3_ENDPOINT")
     storage_url = raw("ATRIUM_STORAGE_URL") or f"file://{data_dir / 'objects'}"
@@ -313,4 +325,5 @@ def load_settings(
             7 * 86400,
         ),
         dicomweb_plugin_root=dicomweb_plugin_root(config),
+        database_owner_url=database_owner_url,
     )

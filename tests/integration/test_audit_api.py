@@ -119,3 +119,21 @@ def test_a_row_edited_behind_the_triggers_back_is_named(atrium_factory) -> None:
     assert verdict["ok"] is False and verdict["first_broken"]["id"] == victim
     cli = under_test.atrium_cli("audit", "verify")
     assert cli.returncode == 1 and victim in cli.stdout
+
+
+def test_atrium_runs_as_a_role_that_cannot_change_audit_rows(atrium: AtriumUnderTest) -> None:
+    assert requests.get(f"{atrium.url}/api/me", headers=atrium.auth("clinician", ORG),
+                        timeout=30).status_code == 200
+    roles = {row[0] for row in atrium.sql(
+        "SELECT usename FROM pg_stat_activity WHERE datname = current_database() "
+        "AND application_name = 'atrium'")}
+    assert roles == {"atrium_app"}
+    runtime_url = atrium.orthanc.config["Atrium"]["DatabaseUrl"]
+    with psycopg.connect(runtime_url, autocommit=True) as conn:
+        for statement in ("UPDATE audit_log SET action = 'x'", "DELETE FROM audit_log",
+                          "TRUNCATE audit_log", "UPDATE audit_chain_head SET seq = 0"):
+            try:
+                conn.execute(statement)
+            except psycopg.errors.InsufficientPrivilege:
+                continue
+            raise AssertionError(f"{statement!r} was allowed to Atrium's role")

@@ -186,6 +186,7 @@ def test_every_compose_variable_is_in_env_example() -> None:
 def test_secrets_are_required_not_defaulted() -> None:
     text = COMPOSE_FILE.read_text()
     for secret in ("POSTGRES_PASSWORD", "PG_ORTHANC_PASSWORD", "PG_ATRIUM_PASSWORD",
+                   "PG_ATRIUM_APP_PASSWORD",
                    "MINIO_ROOT_PASSWORD", "KEYCLOAK_ADMIN_PASSWORD"):
         references = re.findall(r"\$\{" + secret + r"(:?[?-])?", text)
         assert references, f"{secret} is not used"
