@@ -107,6 +107,12 @@ def apply_migrations(database_url: str, directory: Path | None = None) -> list[s
             if unknown:
                 log.warning("the database has migrations this Atrium does not know: %s "
                             "(is an older version running?)", unknown)
+            grantable = conn.execute(
+                "SELECT to_regprocedure('atrium_grant_app_role(name)') IS NOT NULL").fetchone()
+            if applied_now and grantable and grantable[0]:
+                # Tables a migration added are granted to Atrium's runtime role (when
+                # it exists) before anything runs as that role.
+                conn.execute("SELECT atrium_grant_app_role()")
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now

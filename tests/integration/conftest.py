@@ -130,13 +130,13 @@ def _start(workspace: Path, index_cluster: LocalCluster, atrium_cluster: LocalCl
     index_cluster.ensure_database(index_db)
     atrium_cluster.ensure_database(atrium_db)
     database_url = atrium_cluster.url(atrium_db)
+    atrium_cluster.ensure_app_role()
     if migrate:
         apply_migrations(database_url)
     http_port, dicom_port = free_port(), free_port()
     base = json.loads((REPO_ROOT / "orthanc-config" / "orthanc.json").read_text())
     # Atrium runs as a role that cannot change audit rows; migrations and upkeep
     # as the owner. The tests themselves inspect the database as the owner.
-    atrium_cluster.ensure_app_role()
     section = {"DatabaseUrl": atrium_cluster.app_url(atrium_db),
                "DatabaseOwnerUrl": database_url, "AetOrganizations": AET_MAP,
                "MirrorPollSeconds": 0.5, "MirrorFullCheckSeconds": 3600,
