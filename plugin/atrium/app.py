@@ -20,6 +20,7 @@ from atrium.api import (
     jobs,
     me,
     mirror_status,
+    models,
     openapi,
     organizations,
     patients,
@@ -225,7 +226,8 @@ class Atrium:
                              *studies.routes(app),
                              *jobs.routes(app),
                              *uploads.routes(app),
-                             *audit.routes(app)], guard=guard)
+                             *audit.routes(app),
+                             *models.routes(app)], guard=guard)
         app.api = AuditedApi(app.router, pool.connection)
         return app
 
