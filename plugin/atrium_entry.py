@@ -148,34 +148,29 @@ def _query(arguments: object) -> dict[str, str]:
             for k, v in dict(arguments or {}).items()}  # type: ignore[call-overload]
 
 
-def on_api(output: object, uri: str, **request: object) -> None:
-    """Intervention: every ``/api/...`` request."""
+def _request(path: str, request: dict[str, object]) -> Request:
+    """A route callback's arguments as Atrium's request value."""
     headers = {str(k).lower(): str(v) for k, v in dict(request.get("headers") or {}).items()}
     body = request.get("body") or b""
-    response = _app.api.handle(Request(
+    return Request(
         method=str(request.get("method", "GET")),
-        path=uri,
+        path=path,
         query=_query(request.get("get")),
         headers=headers,
         body=body if isinstance(body, bytes) else str(body).encode(),
         client_ip=getattr(_client, "ip", ""),
-    ))
-    _answer(output, response)
+    )
+
+
+def on_api(output: object, uri: str, **request: object) -> None:
+    """Intervention: every ``/api/...`` request."""
+    _answer(output, _app.api.handle(_request(uri, request)))
 
 
 def on_dicomweb(output: object, uri: str, **request: object) -> None:
     """Intervention: every request to the public DICOMweb root (Atrium's gateway)."""
-    headers = {str(k).lower(): str(v) for k, v in dict(request.get("headers") or {}).items()}
-    body = request.get("body") or b""
-    response = _app.dicomweb.handle(Request(
-        method=str(request.get("method", "GET")),
-        path=uri[len(PUBLIC_DICOMWEB_ROOT) - 1:],
-        query=_query(request.get("get")),
-        headers=headers,
-        body=body if isinstance(body, bytes) else str(body).encode(),
-        client_ip=getattr(_client, "ip", ""),
-    ))
-    _answer(output, response)
+    path = uri[len(PUBLIC_DICOMWEB_ROOT) - 1:]
+    _answer(output, _app.dicomweb.handle(_request(path, request)))
 
 
 orthanc.RegisterOnChangeCallback(on_change)

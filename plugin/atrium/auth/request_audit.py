@@ -23,7 +23,7 @@ from atrium.errors import ApiError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuditedApi", "audit_event"]
+__all__ = ["AuditedApi", "audit_event", "recorded_or_withheld"]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -64,6 +64,23 @@ def audit_event(*, action: str, caller: Caller | None, status: int, client_ip: s
     )
 
 
+def recorded_or_withheld(connect: Callable[[], Any], event: AuditEvent, response: Response
+                         ) -> Response:
+    """``response`` once ``event`` is committed. When the row cannot be written, an
+    answer carrying PHI is replaced by a 503; any other answer goes out (its write,
+    if any, has happened) and the failure is logged."""
+    try:
+        with connect() as conn:
+            record(conn, event)
+    except Exception:  # noqa: BLE001 - the decision below depends on the answer
+        log.exception("audit.unwritten action=%s status=%d", event.action, response.status)
+        if event.phi_accessed:
+            return problem_response(ServiceUnavailable(
+                "The access could not be recorded in the audit log, so the answer is "
+                "withheld; try again shortly."))
+    return response
+
+
 class AuditedApi:
     """Atrium's API: the router, with every non-public request on record."""
 
@@ -90,13 +107,4 @@ class AuditedApi:
             resource_id=note.resource_id if note and note.resource_id else params.get("id"),
             phi=bool(note and note.phi),
             write=request.method in WRITE_METHODS)
-        try:
-            with self._connect() as conn:
-                record(conn, event)
-        except Exception:  # noqa: BLE001 - the decision below depends on the answer
-            log.exception("audit.unwritten action=%s status=%d", event.action, response.status)
-            if event.phi_accessed:
-                return problem_response(ServiceUnavailable(
-                    "The access could not be recorded in the audit log, so the answer is "
-                    "withheld; try again shortly."))
-        return response
+        return recorded_or_withheld(self._connect, event, response)

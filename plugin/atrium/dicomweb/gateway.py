@@ -32,12 +32,17 @@ from pydicom.errors import InvalidDicomError
 
 from atrium.api.http import Request, Response, problem_response
 from atrium.assignments import claim_study
-from atrium.auth.audit import record
 from atrium.auth.guard import AuthGuard, Caller
 from atrium.auth.principal import Permission
-from atrium.auth.request_audit import audit_event
+from atrium.auth.request_audit import audit_event, recorded_or_withheld
 from atrium.dicomweb.forward import Forwarded, PluginForwarder
-from atrium.dicomweb.qido import parse_study_query, study_page_sql
+from atrium.dicomweb.qido import (
+    MAX_LIMIT,
+    MAX_OFFSET,
+    paging_value,
+    parse_study_query,
+    study_page_sql,
+)
 from atrium.errors import (
     ApiError,
     BadRequest,
@@ -138,16 +143,7 @@ class DicomWebGateway:
             status=answer.response.status, client_ip=request.client_ip,
             headers=request.headers, resource_type="dicom-web", phi=answer.phi,
             path=request.path[:200], study_instance_uid=answer.study_uid)
-        try:
-            with self._connect() as conn:
-                record(conn, event)
-        except Exception:  # noqa: BLE001
-            log.exception("audit.unwritten action=%s", event.action)
-            if event.phi_accessed:
-                return problem_response(ServiceUnavailable(
-                    "The access could not be recorded in the audit log, so the answer is "
-                    "withheld; try again shortly."))
-        return answer.response
+        return recorded_or_withheld(self._connect, event, answer.response)
 
     def _serve(self, caller: Caller, request: Request) -> _Answer:
         parts = [p for p in request.path.split("/") if p]
@@ -201,10 +197,9 @@ class DicomWebGateway:
                 "uids": uids, "org": caller.organization_id,
                 "phi": caller.can_read_phi}).fetchall())
         kept = [item for item in items if _study_uid_of(item) in scope]
-        offset = int(request.query.get("offset") or 0) if str(
-            request.query.get("offset") or "0").isdigit() else 0
-        limit_text = str(request.query.get("limit") or "")
-        kept = kept[offset:offset + int(limit_text)] if limit_text.isdigit() else kept[offset:]
+        offset = paging_value("offset", request.query.get("offset"), 0, MAX_OFFSET)
+        limit = paging_value("limit", request.query.get("limit"), len(kept), MAX_LIMIT)
+        kept = kept[offset:offset + limit]
         phi = any(not scope[uid] for item in kept if (uid := _study_uid_of(item)) in scope)
         return _Answer(self._json_answer(kept), phi=phi)
 
