@@ -20,7 +20,7 @@ from psycopg import sql
 
 from atrium.errors import BadRequest
 
-__all__ = ["StudyQuery", "parse_study_query", "split_uids", "wildcard_to_like"]
+__all__ = ["StudyQuery", "paging_value", "parse_study_query", "split_uids", "wildcard_to_like"]
 
 # Keys by keyword or by tag, as QIDO-RS allows both.
 _KEY_ALIASES = {
@@ -32,6 +32,7 @@ _PAGING = {"limit", "offset"}
 _EVALUATED = frozenset(_KEY_ALIASES.values())
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
+MAX_OFFSET = 10_000_000
 
 
 def split_uids(value: str) -> list[str]:
@@ -54,7 +55,7 @@ def _date(text: str) -> str:
     return f"{digits[:4]}-{digits[4:6]}-{digits[6:]}"
 
 
-def _int(name: str, raw: str | None, default: int, high: int) -> int:
+def paging_value(name: str, raw: str | None, default: int, high: int) -> int:
     if raw is None or raw == "":
         return default
     if not raw.isdigit():
@@ -117,8 +118,8 @@ def parse_study_query(query: Mapping[str, str]) -> StudyQuery:
         else:
             passthrough[raw_key] = value
     return StudyQuery(conditions, params,
-                      limit=_int("limit", query.get("limit"), DEFAULT_LIMIT, MAX_LIMIT),
-                      offset=_int("offset", query.get("offset"), 0, 10_000_000),
+                      limit=paging_value("limit", query.get("limit"), DEFAULT_LIMIT, MAX_LIMIT),
+                      offset=paging_value("offset", query.get("offset"), 0, MAX_OFFSET),
                       passthrough=passthrough)
 
 
