@@ -98,8 +98,8 @@ def organization_resolver(settings: Settings,
 MIRROR_FETCH_WORKERS = 4
 
 
-def build_mirror(settings: Settings, pool: Any, fetch_workers: int = MIRROR_FETCH_WORKERS
-                 ) -> Mirror:
+def build_mirror(settings: Settings, pool: Any, reader: HttpOrthancApi | None = None,
+                 fetch_workers: int = MIRROR_FETCH_WORKERS) -> Mirror:
     """The mirror as Atrium runs it, inside Orthanc or from the ``atrium`` command.
 
     It reads Orthanc over loopback HTTP, not through the SDK: the plugin holds the
@@ -107,7 +107,7 @@ def build_mirror(settings: Settings, pool: Any, fetch_workers: int = MIRROR_FETC
     other Python callback, while HTTP reads from a few threads run in Orthanc's own
     threads, in parallel.
     """
-    reader = orthanc_client(settings)
+    reader = reader or orthanc_client(settings)
     index = OrthancIndex(settings.orthanc_index_url) if settings.orthanc_index_url else None
     resolver = organization_resolver(
         settings, SourceOrganizations(pool.connection),
@@ -178,8 +178,8 @@ class Atrium:
         store = open_store(settings.storage_url, s3_endpoint=settings.s3_endpoint,
                            s3_access_key=settings.s3_access_key,
                            s3_secret_key=settings.s3_secret_key, s3_secure=settings.s3_secure)
-        mirror = build_mirror(settings, pool)
-        reader = mirror.api
+        reader = orthanc_client(settings)
+        mirror = build_mirror(settings, pool, reader)
 
         def prepare() -> None:
             apply_migrations(settings.owner_url)
@@ -217,7 +217,7 @@ class Atrium:
                                 operators=organization_id_of(pool, settings.default_organization)),
                   DicomWebGateway(guard, pool.connection, forwarder,
                                   public_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root),
-                  orthanc_client(settings), identities)
+                  reader, identities)
         app.router = Router([*health.routes(app), *mirror_status.routes(app),
                              *openapi.routes(app), *me.routes(app),
                              *organizations.routes(app),

@@ -50,7 +50,7 @@ def _pool(settings: Settings) -> Any:
 def _mirror(settings: Settings, pool: Any, workers: int = 4) -> Any:
     from atrium.app import build_mirror
 
-    return build_mirror(settings, pool, workers)
+    return build_mirror(settings, pool, fetch_workers=workers)
 
 
 def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
