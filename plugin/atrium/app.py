@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 
 from atrium.api import (
+    annotations,
     audit,
     health,
     jobs,
@@ -227,7 +228,8 @@ class Atrium:
                              *jobs.routes(app),
                              *uploads.routes(app),
                              *audit.routes(app),
-                             *models.routes(app)], guard=guard)
+                             *models.routes(app),
+                             *annotations.routes(app)], guard=guard)
         app.api = AuditedApi(app.router, pool.connection)
         return app
 

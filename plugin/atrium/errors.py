@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 __all__ = [
     "PROBLEM_SCHEMA", "ApiError", "BadRequest", "Conflict", "FieldError", "Forbidden",
-    "MethodNotAllowed", "NotFound", "PayloadTooLarge", "ServiceUnavailable", "Unauthorized",
+    "MethodNotAllowed", "NotFound", "PayloadTooLarge", "PreconditionRequired",
+    "ServiceUnavailable", "Unauthorized",
     "UnsupportedMediaType",
 ]
 
@@ -104,6 +105,14 @@ class MethodNotAllowed(ApiError):
 
 class Conflict(ApiError):
     status, slug, title = 409, "conflict", "Conflict"
+
+
+class PreconditionRequired(ApiError):
+    """A conditional request was required (RFC 6585 would say 428). Orthanc 1.10's
+    HTTP server knows no 428 — a plugin answering it gets its connection dropped —
+    so this is a 400 whose problem ``type`` names the missing precondition."""
+
+    status, slug, title = 400, "precondition-required", "Precondition required"
 
 
 class PayloadTooLarge(ApiError):

@@ -169,9 +169,13 @@ def world(atrium: AtriumUnderTest, tmp_path_factory: pytest.TempPathFactory
     job_b = str(atrium.scalar(
         "INSERT INTO jobs (kind, status, organization_id, created_by, parameters) "
         "VALUES ('deidentify', 'succeeded', %s, %s, '{}') RETURNING id", (org_b, user_b)))
+    annotation_b = owner.post("/api/annotations", {
+        "annotation_type": "dicom", "target_type": "instance", "target_id": instance_b,
+        "label": "B's", "coordinates": {"type": "point", "points": [{"x": 1, "y": 2}]}}
+    ).json()["id"]
     foreign = {"organizations": org_b, "users": user_b, "patients": patient_b,
                "studies": study_b, "series": series_b, "instances": instance_b,
-               "jobs": job_b}
+               "jobs": job_b, "annotations": annotation_b}
 
     outsider_org = unique("Isolated ")
     outsider = Client(atrium, "admin", outsider_org, user=unique("a-admin-"))

@@ -1,0 +1,1 @@
+"""Annotations: coordinates, versions and the DICOM SR round trip."""
