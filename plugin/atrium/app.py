@@ -14,8 +14,9 @@ from typing import Any
 
 import psycopg
 
+from atrium.annotations.importer import SrImporter
 from atrium.api import (
-    annotations,
+    annotation_reports,
     audit,
     health,
     jobs,
@@ -29,6 +30,7 @@ from atrium.api import (
     uploads,
     users,
 )
+from atrium.api import annotations as annotation_routes  # not `annotations`: __future__
 from atrium.api.http import Router
 from atrium.api.scope import SourceOrganizations
 from atrium.auth.guard import AuthGuard, Identities
@@ -172,6 +174,7 @@ class Atrium:
     dicomweb: DicomWebGateway
     orthanc_http: HttpOrthancApi  # loopback HTTP with Atrium's internal credential
     identities: Identities | None = None  # who the tokens are (cached); see auth.guard
+    sr_importer: SrImporter | None = None  # DICOM SRs arriving in Orthanc → annotations
 
     @classmethod
     def build(cls, settings: Settings, orthanc: OrthancApi) -> Atrium:
@@ -229,13 +232,21 @@ class Atrium:
                              *uploads.routes(app),
                              *audit.routes(app),
                              *models.routes(app),
-                             *annotations.routes(app)], guard=guard)
+                             *annotation_routes.routes(app),
+                             *annotation_reports.routes(app)], guard=guard)
         app.api = AuditedApi(app.router, pool.connection)
+        app.sr_importer = SrImporter(
+            pool.connection, lambda orthanc_id: reader.get_bytes(f"/instances/{orthanc_id}/file"),
+            ready=lambda: worker.prepared)
         return app
 
     def start(self) -> None:
         self.worker.start()
+        if self.sr_importer is not None:
+            self.sr_importer.start()
 
     def stop(self) -> None:
+        if self.sr_importer is not None:
+            self.sr_importer.stop()
         self.worker.stop()
         self.pool.close()

@@ -521,8 +521,7 @@ def _read_circle(points: list[Point], kind: str | None) -> Coordinates:
     radius = math.dist(points[0], points[1])
     if radius <= 0:
         raise _Unreadable("its CIRCLE has radius 0.")
-    return {"type": "ellipse", "center": _xy(points[0]), "radius_x": radius,
-            "radius_y": radius, "rotation": 0.0}
+    return _ellipse(_xy(points[0]), radius, radius, 0.0)
 
 
 def _axis(a: Point, b: Point) -> tuple[float, float]:
@@ -540,8 +539,17 @@ def _read_ellipse(points: list[Point], kind: str | None) -> Coordinates:
     # the axis closer to horizontal is x; at a tie (±45°) the one at +45°
     (radius_x, rotation), (radius_y, _) = sorted(axes, key=lambda a: (abs(a[1]), -a[1]))
     (x0, y0), (x1, y1) = points[0], points[1]
-    return {"type": "ellipse", "center": {"x": (x0 + x1) / 2, "y": (y0 + y1) / 2},
-            "radius_x": radius_x, "radius_y": radius_y, "rotation": rotation}
+    return _ellipse({"x": (x0 + x1) / 2, "y": (y0 + y1) / 2}, radius_x, radius_y, rotation)
+
+
+def _ellipse(center: dict[str, float], radius_x: float, radius_y: float, rotation: float
+             ) -> Coordinates:
+    """An ellipse as Atrium keeps it: ``rotation`` only when it is not 0, its default."""
+    shape: Coordinates = {"type": "ellipse", "center": center, "radius_x": radius_x,
+                          "radius_y": radius_y}
+    if rotation:
+        shape["rotation"] = rotation
+    return shape
 
 
 def _read_multipoint(points: list[Point], kind: str | None) -> Coordinates:

@@ -16,9 +16,7 @@ query (``bbox``) on a slide uses the GiST index on (target, bounding box).
 
 from __future__ import annotations
 
-import json
 import re
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
@@ -31,6 +29,7 @@ from atrium.annotations.geometry import (
     check_shape_for,
     normalized,
 )
+from atrium.annotations.store import MAX_PROPERTIES_BYTES, check_properties, create_annotation
 from atrium.api.http import AuditNote, MiB, Reply, Request, Response, Route, json_response
 from atrium.api.pagination import PAGE_PARAMETERS, Keyset, page_schema
 from atrium.api.patients import READERS
@@ -45,27 +44,22 @@ from atrium.api.schema import (
     string,
 )
 from atrium.api.schema import uuid as uuid_schema
-from atrium.api.targets import TARGET_TYPES, Target, find_target, phi_column, row_scope
+from atrium.api.targets import TARGET_TYPES, find_target, phi_column, row_scope
 from atrium.auth.principal import Permission
 from atrium.errors import (
     BadRequest,
     Conflict,
     FieldError,
     NotFound,
-    PayloadTooLarge,
     PreconditionRequired,
 )
 
 if TYPE_CHECKING:
     from atrium.app import Atrium
 
-__all__ = ["ANNOTATION", "ANNOTATION_TYPES", "COORDINATES", "create_annotation",
-           "etag", "routes"]
+__all__ = ["ANNOTATION", "ANNOTATION_TYPES", "COORDINATES", "etag", "routes"]
 
 ANNOTATION_TYPES = ("dicom", "wsi", "signal", "general")
-MAX_PROPERTIES_BYTES = 64 * 1024
-"""``properties`` as JSON: room for a model's output or a viewer's state, not for
-files (those belong in object storage)."""
 MAX_BODY_BYTES = 2 * MiB
 
 # ------------------------------------------------------------------------- schemas
@@ -208,35 +202,6 @@ def _expected_version(request: Request, required: bool) -> int | None:
     return int(found.group(1))
 
 
-def _check_properties(properties: dict[str, Any] | None) -> None:
-    if properties is None:
-        return
-    size = len(json.dumps(properties, separators=(",", ":"), ensure_ascii=False).encode())
-    if size > MAX_PROPERTIES_BYTES:
-        raise PayloadTooLarge(f"properties take {size} bytes as JSON; at most "
-                              f"{MAX_PROPERTIES_BYTES} are kept with an annotation. Keep "
-                              "large data in object storage and refer to it.")
-
-
-def create_annotation(conn: Any, target: Target, *, annotation_type: str,
-                      label: str | None, coordinates: dict[str, Any] | None,
-                      properties: dict[str, Any], user_id: uuid.UUID | None) -> uuid.UUID:
-    """Insert version 1 of an annotation about ``target`` (already found in the
-    writer's scope) and return its id. ``coordinates`` must have passed the
-    request schema; they are checked against the target and normalised here."""
-    check_shape_for(annotation_type, target.type, coordinates)
-    _check_properties(properties)
-    row = conn.execute(
-        "INSERT INTO annotations (annotation_type, target_id, target_type, user_id, label, "
-        "coordinates, properties, organization_id, patient_id) "
-        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING id",
-        (annotation_type, target.id, target.type, user_id, label,
-         Jsonb(normalized(coordinates)) if coordinates is not None else None,
-         Jsonb(properties), target.organization_id, target.patient_id)).fetchone()
-    assert row is not None
-    return uuid.UUID(str(row[0]))
-
-
 def routes(app: Atrium) -> list[Route]:
     def latest(conn: Any, caller: Any, annotation_id: Any) -> tuple[dict[str, Any], bool]:
         where = row_scope(caller, "a").add(
@@ -331,7 +296,7 @@ def routes(app: Atrium) -> list[Route]:
             coordinates = changes.get("coordinates", current["coordinates"])
             properties = changes.get("properties", current["properties"])
             check_shape_for(current["annotation_type"], current["target_type"], coordinates)
-            _check_properties(properties)
+            check_properties(properties)
             if "coordinates" in changes and coordinates is not None:
                 coordinates = normalized(coordinates)
             conn.execute("UPDATE annotations SET is_latest = FALSE WHERE id = %s",

@@ -25,8 +25,8 @@ from atrium.api.schema import enum
 from atrium.api.scope import Conditions, organization_scope
 from atrium.errors import NotFound
 
-__all__ = ["IMAGE_TARGETS", "TARGET_TYPES", "Target", "find_target", "phi_column",
-           "row_scope", "target_type_schema"]
+__all__ = ["IMAGE_TARGETS", "TARGET_TYPES", "Target", "find_target", "instance_by_uid",
+           "phi_column", "row_scope", "target_type_schema"]
 
 TARGET_TYPES = ("study", "series", "instance", "slide", "recording")
 IMAGE_TARGETS = ("study", "series", "instance")
@@ -91,6 +91,25 @@ def find_target(conn: Any, caller: Any, target_type: str, target_id: uuid.UUID) 
         if caller.can_read_phi or not target.phi:
             return target
     raise NotFound(f"No {target_type} {target_id}")
+
+
+_INSTANCE_BY_UID = """
+SELECT i.id, s.organization_id, s.patient_id, p.is_deidentified
+FROM instances i JOIN series se ON se.id = i.series_id
+JOIN studies s ON s.id = se.study_id JOIN patients p ON p.id = s.patient_id
+WHERE i.sop_instance_uid = %s AND s.organization_id = %s AND i.deleted_at IS NULL
+  AND se.deleted_at IS NULL AND s.deleted_at IS NULL AND p.deleted_at IS NULL"""
+
+
+def instance_by_uid(conn: Any, organization_id: uuid.UUID, sop_instance_uid: str
+                    ) -> Target | None:
+    """The live instance with this SOP Instance UID in ``organization_id``: how a
+    DICOM document that references images (an SR) finds its targets, with no
+    caller — only the document's own organization counts."""
+    row = conn.execute(_INSTANCE_BY_UID, (sop_instance_uid, organization_id)).fetchone()
+    if row is None:
+        return None
+    return Target("instance", row[0], row[1], row[2], bool(row[3]))
 
 
 def row_scope(caller: Any, alias: str, patient_alias: str = "p") -> Conditions:

@@ -365,6 +365,11 @@ class MirrorWorker:
         self._wake.set()
 
     @property
+    def prepared(self) -> bool:
+        """Whether start-up work (migrations first) is done: other workers wait for it."""
+        return self._prepared
+
+    @property
     def pending_deletions(self) -> int:
         return len(self._deletions)
 
