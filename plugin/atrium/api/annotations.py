@@ -281,12 +281,13 @@ def routes(app: Atrium) -> list[Route]:
         return answer(item, phi)
 
     def update(request: Request) -> Response:
-        expected = _expected_version(request, required=True)
         changes = request.json
         annotation_id = request.params["id"]
         with app.pool.connection() as conn, conn.transaction():
             lock(conn, annotation_id)
             current, _ = latest(conn, request.caller, annotation_id)
+            # Only now: an annotation the caller cannot see is a 404 whatever they sent.
+            expected = _expected_version(request, required=True)
             if current["version"] != expected:
                 raise Conflict(f"Annotation {annotation_id} is at version "
                                f"{current['version']}, not {expected}; read it again and "
@@ -315,11 +316,11 @@ def routes(app: Atrium) -> list[Route]:
         return answer(item, phi)
 
     def delete(request: Request) -> Response:
-        expected = _expected_version(request, required=False)
         annotation_id = request.params["id"]
         with app.pool.connection() as conn, conn.transaction():
             lock(conn, annotation_id)
             current, phi = latest(conn, request.caller, annotation_id)
+            expected = _expected_version(request, required=False)
             if expected is not None and current["version"] != expected:
                 raise Conflict(f"Annotation {annotation_id} is at version "
                                f"{current['version']}, not {expected}.",
@@ -357,12 +358,15 @@ def routes(app: Atrium) -> list[Route]:
         Route("POST", "/api/annotations", create, tags=tags, auth=writers,
               body=NEW_ANNOTATION, max_body_bytes=MAX_BODY_BYTES,
               summary="Annotate a study, series, instance, slide or recording",
-              responses={201: Reply("The annotation, version 1", ANNOTATION)}),
+              responses={201: Reply("The annotation, version 1", ANNOTATION),
+                         404: Reply("No such target in the caller's organization")}),
         Route("GET", "/api/annotations", search, tags=tags, auth=READERS,
               query=ANNOTATION_SEARCH,
               summary="Find annotations by target, type, label, author, time or viewport",
               responses={200: Reply("A page of annotations, newest first",
-                                    page_schema(ANNOTATION))}),
+                                    page_schema(ANNOTATION)),
+                         404: Reply("target_type and target_id name no target the caller "
+                                    "may see")}),
         Route("GET", one, read, tags=tags, auth=READERS,
               summary="The latest version of an annotation (its ETag is the version)",
               responses={200: Reply("The annotation", ANNOTATION)}),
