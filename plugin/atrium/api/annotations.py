@@ -16,6 +16,7 @@ query (``bbox``) on a slide uses the GiST index on (target, bounding box).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,16 @@ from atrium.annotations.geometry import (
     normalized,
 )
 from atrium.annotations.store import MAX_PROPERTIES_BYTES, check_properties, create_annotation
-from atrium.api.http import AuditNote, MiB, Reply, Request, Response, Route, json_response
+from atrium.api.http import (
+    AuditNote,
+    MiB,
+    RawJson,
+    Reply,
+    Request,
+    Response,
+    Route,
+    json_response,
+)
 from atrium.api.pagination import PAGE_PARAMETERS, Keyset, page_schema
 from atrium.api.patients import READERS
 from atrium.api.schema import (
@@ -168,15 +178,21 @@ _COLUMNS = ("id", "version", "version_id", "parent_id", "annotation_type", "targ
             "updated_at", "deleted_at")
 _SELECT = sql.SQL(
     "SELECT a.root_id, a.version, a.id, a.parent_id, a.annotation_type, a.target_type, "
-    "a.target_id, a.user_id, a.label, a.coordinates, a.properties, a.created_at, "
+    "a.target_id, a.user_id, a.label, a.coordinates::text, a.properties::text, a.created_at, "
     "a.updated_at, a.deleted_at, {phi} "
     "FROM annotations a LEFT JOIN patients p ON p.id = a.patient_id").format(
         phi=phi_column("a"))
 
 
-def _item(row: tuple[Any, ...]) -> tuple[dict[str, Any], bool]:
-    """The annotation as the API shows it, and whether it is PHI."""
-    return dict(zip(_COLUMNS, row[:-1], strict=True)), bool(row[-1])
+def _item(row: tuple[Any, ...], parsed: bool = False) -> tuple[dict[str, Any], bool]:
+    """The annotation as the API shows it, and whether it is PHI. Its JSON columns
+    stay PostgreSQL's text (see :class:`RawJson`) unless ``parsed``."""
+    item = dict(zip(_COLUMNS, row[:-1], strict=True))
+    for name in ("coordinates", "properties"):
+        text = item[name]
+        if text is not None:
+            item[name] = json.loads(text) if parsed else RawJson(text)
+    return item, bool(row[-1])
 
 
 def etag(version: int) -> str:
@@ -203,14 +219,15 @@ def _expected_version(request: Request, required: bool) -> int | None:
 
 
 def routes(app: Atrium) -> list[Route]:
-    def latest(conn: Any, caller: Any, annotation_id: Any) -> tuple[dict[str, Any], bool]:
+    def latest(conn: Any, caller: Any, annotation_id: Any, parsed: bool = False
+               ) -> tuple[dict[str, Any], bool]:
         where = row_scope(caller, "a").add(
             "a.root_id = %s AND a.is_latest AND a.deleted_at IS NULL", annotation_id)
         row = conn.execute(sql.SQL("{} WHERE {}").format(_SELECT, where.sql()),
                            where.params).fetchone()
         if row is None:
             raise NotFound(f"No annotation {annotation_id}")
-        return _item(row)
+        return _item(row, parsed)
 
     def lock(conn: Any, annotation_id: Any) -> None:
         # Version 1's row is the lineage's mutex: every writer takes it first, then
@@ -285,7 +302,7 @@ def routes(app: Atrium) -> list[Route]:
         annotation_id = request.params["id"]
         with app.pool.connection() as conn, conn.transaction():
             lock(conn, annotation_id)
-            current, _ = latest(conn, request.caller, annotation_id)
+            current, _ = latest(conn, request.caller, annotation_id, parsed=True)
             # Only now: an annotation the caller cannot see is a 404 whatever they sent.
             expected = _expected_version(request, required=True)
             if current["version"] != expected:
