@@ -26,6 +26,7 @@ from atrium.api import (
     openapi,
     organizations,
     patients,
+    predictions,
     studies,
     uploads,
     users,
@@ -232,6 +233,7 @@ class Atrium:
                              *uploads.routes(app),
                              *audit.routes(app),
                              *models.routes(app),
+                             *predictions.routes(app),
                              *annotation_routes.routes(app),
                              *annotation_reports.routes(app)], guard=guard)
         app.api = AuditedApi(app.router, pool.connection)

@@ -173,9 +173,18 @@ def world(atrium: AtriumUnderTest, tmp_path_factory: pytest.TempPathFactory
         "annotation_type": "dicom", "target_type": "instance", "target_id": instance_b,
         "label": "B's", "coordinates": {"type": "point", "points": [{"x": 1, "y": 2}]}}
     ).json()["id"]
+    model = owner.post("/api/models", {"model_name": unique("isolation-"), "model_version": "1",
+                                       "model_type": "segmentation"}).json()["id"]
+    prediction_b = owner.post("/api/predictions", {
+        "model_id": model, "target_type": "study", "target_id": study_b,
+        "results": {"class": "B's"}}).json()["id"]
+    assert requests.put(f"{atrium.url}/api/predictions/{prediction_b}/segmentation/mask",
+                        data=b"B's mask", timeout=30, headers={
+                            **owner.headers, "Content-Type": "application/octet-stream"}
+                        ).status_code == 200
     foreign = {"organizations": org_b, "users": user_b, "patients": patient_b,
                "studies": study_b, "series": series_b, "instances": instance_b,
-               "jobs": job_b, "annotations": annotation_b}
+               "jobs": job_b, "annotations": annotation_b, "predictions": prediction_b}
 
     outsider_org = unique("Isolated ")
     outsider = Client(atrium, "admin", outsider_org, user=unique("a-admin-"))
@@ -213,8 +222,11 @@ def test_every_route_naming_another_organizations_resource_answers_404(world: Wo
         answers = []
         for resource in (foreign, missing):
             url = _PARAM.sub(lambda m, r=resource: r if m.group(1) == "id" else "0", path)
-            answers.append(world.outsider.call(method.upper(), url,
-                                               **request_body(operation, world.document)))
+            body = request_body(operation, world.document)
+            # An upload's Content-Type goes with the token, not instead of it.
+            headers = {**world.outsider.headers, **body.pop("headers", {})}
+            answers.append(requests.request(method.upper(), world.outsider.url + url,
+                                            headers=headers, timeout=30, **body))
         theirs, nobodys = answers
         if theirs.status_code != 404 or not theirs.headers.get(
                 "Content-Type", "").startswith("application/problem+json"):
