@@ -19,6 +19,7 @@ import pydicom
 import pytest
 import requests
 
+from atrium.devenv import wait_until
 from tests.integration.conftest import AtriumUnderTest
 from tests.integration.test_api_resources import Client, is_problem, unique
 from tests.support.dicomgen import StudySpec, make_study
@@ -411,3 +412,31 @@ def test_bad_annotations_are_clear_problems_and_nothing_is_written(
                  {"label": None, "extra": 1}):
         assert is_problem(put(user, created["id"], body, version=1), 400), body
     assert user.get(f"/api/annotations/{created['id']}").json()["version"] == 1
+
+
+def test_annotations_of_a_deleted_study_disappear_with_it(atrium: AtriumUnderTest) -> None:
+    org = unique("Archive ")
+    ids = upload_into(atrium, org, StudySpec(patient_id=unique("DEL-"), series=1,
+                                             instances_per_series=1))
+    user = Client(atrium, "clinician", org)
+    on_instance = annotate(user, "instance", ids["instances"][0]).json()["id"]
+    on_study = annotate(user, "study", ids["study"], coordinates=None,
+                        annotation_type="general").json()["id"]
+    assert {a["id"] for a in user.items("/api/annotations")} == {on_instance, on_study}
+
+    orthanc_id = atrium.scalar("SELECT orthanc_id FROM studies WHERE id = %s", (ids["study"],))
+    deleted = requests.delete(f"{atrium.url}/studies/{orthanc_id}",
+                              headers=atrium.auth("admin", org), timeout=30)
+    assert deleted.status_code == 200, deleted.text
+    wait_until(lambda: atrium.scalar("SELECT deleted_at IS NOT NULL FROM studies WHERE id = %s",
+                                     (ids["study"],)), 30, what="the deletion mirrored")
+
+    assert user.items("/api/annotations") == []
+    for annotation_id in (on_instance, on_study):
+        assert is_problem(user.get(f"/api/annotations/{annotation_id}"), 404)
+        assert is_problem(user.get(f"/api/annotations/{annotation_id}/history"), 404)
+    assert is_problem(annotate(user, "study", ids["study"], coordinates=None,
+                               annotation_type="general"), 404)
+    # Kept in the database, not deleted: the target could come back.
+    assert atrium.scalar("SELECT count(*) FROM annotations WHERE root_id IN (%s, %s) "
+                         "AND deleted_at IS NULL", (on_instance, on_study)) == 2

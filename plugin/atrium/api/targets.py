@@ -112,14 +112,18 @@ def instance_by_uid(conn: Any, organization_id: uuid.UUID, sop_instance_uid: str
     return Target("instance", row[0], row[1], row[2], bool(row[3]))
 
 
-def row_scope(caller: Any, alias: str, patient_alias: str = "p") -> Conditions:
+def row_scope(caller: Any, alias: str, patient_alias: str = "p", *,
+              target_checked: bool = False) -> Conditions:
     """Rows written about targets (``alias`` has ``organization_id`` and
     ``patient_id``; the query ``LEFT JOIN patients {patient_alias}`` on it) that the
     caller may see: their live organization's, whose patient is live and, without
-    ``READ_PHI``, de-identified."""
+    ``READ_PHI``, de-identified — and whose target is live, unless the query is
+    about one target that :func:`find_target` has just found."""
     a, p = sql.Identifier(alias), sql.Identifier(patient_alias)
     where = organization_scope(caller, alias).add(
         sql.SQL("{a}.patient_id IS NULL OR {p}.deleted_at IS NULL").format(a=a, p=p))
+    if not target_checked:
+        where.add(sql.SQL("atrium_target_is_live({a}.target_type, {a}.target_id)").format(a=a))
     if not caller.can_read_phi:
         where.add(sql.SQL("{a}.patient_id IS NULL OR {p}.is_deidentified").format(a=a, p=p))
     return where
