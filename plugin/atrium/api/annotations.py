@@ -297,7 +297,10 @@ def routes(app: Atrium) -> list[Route]:
             "LIMIT %s) page ON page.id = a.id").format(
                 select=_SELECT, where=where.sql(), order=ORDER.order_by())
         with app.pool.connection() as conn:
-            rows = conn.execute(query, [*where.params, wanted.fetch]).fetchall()
+            # Planned for its values every time, never a generic plan (see
+            # atrium.api.studies): the viewport's size decides the best plan.
+            rows = conn.execute(query, [*where.params, wanted.fetch],
+                                prepare=False).fetchall()
         rows.sort(key=lambda row: (row[_CREATED_AT], row[0]), reverse=True)
         found = [_item(row) for row in rows]
         items = [item for item, _ in found]
