@@ -176,12 +176,18 @@ class SrImporter:
         while not self._ready():  # the schema is migrated by the mirror's start-up
             if self._stop.wait(self._poll_seconds):
                 return
+        backoff = self._poll_seconds
         while not self._stop.is_set():
             try:
                 busy = self.step() == self._batch
-            except Exception:  # noqa: BLE001 — the worker must outlive any one failure
-                log.exception("sr.import failed; retrying")
-                busy = False
+                backoff = self._poll_seconds
+            except Exception as exc:  # noqa: BLE001 — the worker must outlive any failure
+                # One line per attempt, as the mirror does: a database that is down
+                # for an hour must not fill the log with tracebacks.
+                log.warning("sr.import.retry error=%r backoff_s=%.1f", exc, backoff)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
             if not busy:
                 self._stop.wait(self._poll_seconds)
 
