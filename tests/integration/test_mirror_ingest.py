@@ -159,10 +159,12 @@ def test_twenty_concurrent_senders_reuploading_one_study(atrium: AtriumUnderTest
     files = write_files(tmp_path, blobs)
 
     def upload(blob: bytes) -> None:
-        # Like a modality, a sender tries a failed store again. Orthanc 1.10 has
-        # answered 500 to one of these identical concurrent stores twice in about
-        # ten full runs of the suite (never when run alone); each such answer is
-        # reported with Orthanc's log, and the store must then succeed.
+        # Like a modality, a sender tries a failed store again. Orthanc 1.10's
+        # file storage races with itself here: storing a duplicate writes a file
+        # and deletes it with its emptied directories, while another store may be
+        # writing into one of them ("Error while accessing the filesystem",
+        # 500) — seen in about one full run in five, never alone. Each such answer
+        # is reported with Orthanc's log, and the store must then succeed.
         for _ in range(3):
             answer = atrium.upload(blob)
             if answer.status_code == 200:
