@@ -21,16 +21,13 @@ from typing import Any
 
 from psycopg import sql
 
-from atrium.api.schema import enum
 from atrium.api.scope import Conditions, organization_scope
 from atrium.errors import NotFound
 
-__all__ = ["IMAGE_TARGETS", "TARGET_TYPES", "Target", "find_target", "instance_by_uid",
-           "phi_column", "row_scope", "target_type_schema"]
+__all__ = ["TARGET_TYPES", "Target", "find_target", "instance_by_uid", "phi_column",
+           "row_scope"]
 
 TARGET_TYPES = ("study", "series", "instance", "slide", "recording")
-IMAGE_TARGETS = ("study", "series", "instance")
-"""Targets stored in Orthanc as DICOM (annotations of type ``dicom``)."""
 
 # Each query gives the target's organization, patient and whether that patient is
 # de-identified, for a live target whose patient (if any) is live.
@@ -60,10 +57,6 @@ _LOOKUP = {
         FROM recordings r LEFT JOIN patients p ON p.id = r.patient_id
         WHERE r.id = %s AND (r.patient_id IS NULL OR p.deleted_at IS NULL)""",
 }
-
-
-def target_type_schema() -> dict[str, Any]:
-    return enum(*TARGET_TYPES)
 
 
 @dataclass(frozen=True)
