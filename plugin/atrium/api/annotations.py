@@ -21,16 +21,13 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from psycopg import sql
-from psycopg.types.json import Jsonb
 
 from atrium.annotations.geometry import (
     IMAGE_SHAPES,
     MAX_COORDINATE,
     MAX_POINTS,
-    check_shape_for,
-    normalized,
 )
-from atrium.annotations.store import MAX_PROPERTIES_BYTES, check_properties, create_annotation
+from atrium.annotations.store import MAX_PROPERTIES_BYTES, add_version, create_annotation
 from atrium.api.http import (
     AuditNote,
     MiB,
@@ -326,25 +323,10 @@ def routes(app: Atrium) -> list[Route]:
                                f"{current['version']}, not {expected}; read it again and "
                                "apply your change to the latest version.",
                                current_version=current["version"])
-            label = changes.get("label", current["label"])
-            coordinates = changes.get("coordinates", current["coordinates"])
-            properties = changes.get("properties", current["properties"])
-            check_shape_for(current["annotation_type"], current["target_type"], coordinates)
-            check_properties(properties)
-            if "coordinates" in changes and coordinates is not None:
-                coordinates = normalized(coordinates)
-            conn.execute("UPDATE annotations SET is_latest = FALSE WHERE id = %s",
-                         (current["version_id"],))
-            conn.execute(
-                "INSERT INTO annotations (annotation_type, target_id, target_type, user_id, "
-                "label, coordinates, properties, version, parent_id, root_id, "
-                "organization_id, patient_id, created_at) "
-                "SELECT annotation_type, target_id, target_type, %s, %s, %s, %s, version + 1, "
-                "id, root_id, organization_id, patient_id, created_at "
-                "FROM annotations WHERE id = %s",
-                (request.caller.user_id, label,
-                 Jsonb(coordinates) if coordinates is not None else None,
-                 Jsonb(properties), current["version_id"]))
+            add_version(conn, current, label=changes.get("label", current["label"]),
+                        coordinates=changes.get("coordinates", current["coordinates"]),
+                        properties=changes.get("properties", current["properties"]),
+                        user_id=request.caller.user_id)
             item, phi = latest(conn, request.caller, annotation_id)
         return answer(item, phi)
 
