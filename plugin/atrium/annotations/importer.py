@@ -31,6 +31,8 @@ from pydicom.errors import InvalidDicomError
 
 from atrium.annotations.sr import ImportedMeasurement, ImportedReport, read_measurement_report
 from atrium.annotations.store import create_annotation
+from atrium.api.annotations import COORDINATES
+from atrium.api.schema import compile_schema, field_errors
 from atrium.api.targets import instance_by_uid
 from atrium.auth.audit import AuditEvent, record
 from atrium.errors import ApiError
@@ -77,6 +79,11 @@ def _finite(value: Any) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
 
 
+# An SR's shapes meet the same schema as the API's (finite numbers within bounds,
+# points per shape), since they do not pass through the API's router.
+_SHAPE = compile_schema(COORDINATES, what="imported SR coordinates")
+
+
 def _record(conn: Any, candidate: SrCandidate, outcome: str, created: int,
             detail: str | None) -> bool:
     """Claim the SR; False when another importer recorded it first."""
@@ -98,8 +105,11 @@ def _import_one(conn: Any, candidate: SrCandidate, measurement: ImportedMeasurem
     if target is None:
         return None, False, (f"image {measurement.sop_instance_uid} is not in the SR's "
                              "organization")
-    if not _finite(measurement.coordinates):
+    if not _finite(measurement.coordinates):  # NaN passes any JSON Schema bound
         return None, False, "coordinates are not finite numbers"
+    wrong = field_errors(_SHAPE, measurement.coordinates, "body")
+    if wrong:
+        return None, False, f"shape refused: {wrong[0].field or 'coordinates'} {wrong[0].message}"
     properties: dict[str, Any] = {"source": "dicom-sr",
                                   "sr_sop_instance_uid": candidate.sop_instance_uid}
     if measurement.tracking_uid:
@@ -207,6 +217,7 @@ class SrImporter:
             self._failures[candidate.sop_instance_uid] = attempts
             if attempts < MAX_ATTEMPTS:
                 return
+            self._failures.pop(candidate.sop_instance_uid)
             self._finish(candidate, "failed", f"file unreadable: {error}")
             return
         self._failures.pop(candidate.sop_instance_uid, None)
