@@ -101,12 +101,16 @@ def routes(app: Atrium) -> list[Route]:
                                 [study_id, *scope.params]).fetchall()
             others = conn.execute(sql.SQL(_OTHERS).format(scope=scope.sql()),
                                   [*scope.params, study_id, study_id]).fetchone()
-            fallback = conn.execute(_ANY_INSTANCE, (study_id,)).fetchone()
-        chosen = [row for row in rows if _exportable(row[2])]
+            chosen = [row for row in rows if _exportable(row[2])]
+            # The referenced images, or — for a report with no measurement — any
+            # image of the study, whose header gives the patient and study modules.
+            images = {row[3]: row[4] for row in chosen}
+            if not images:
+                fallback = conn.execute(_ANY_INSTANCE, (study_id,)).fetchone()
+                if fallback is None:
+                    raise ServiceUnavailable("The study has no image in Orthanc yet to "
+                                             "describe.")
         skipped = len(rows) - len(chosen) + (others[0] if others else 0)
-        images = {row[3]: row[4] for row in chosen}
-        if not images and fallback is None:
-            raise ServiceUnavailable("The study has no image in Orthanc yet to describe.")
         evidence = {uid: header(orthanc_id) for uid, orthanc_id in images.items()}
         if not evidence:
             first = header(fallback[0])
