@@ -374,6 +374,9 @@ def test_bad_annotations_are_clear_problems_and_nothing_is_written(
     base = {"annotation_type": "dicom", "target_type": "study", "target_id": study,
             "label": "x", "coordinates": TRIANGLE}
 
+    # The NaN and Infinity cases below replace this literal in the JSON text.
+    assert '"x": 10' in json.dumps(base)
+
     def post_raw(text: str) -> requests.Response:
         return requests.post(f"{user.url}/api/annotations", data=text.encode(), timeout=30,
                              headers={**user.headers, "Content-Type": "application/json"})
@@ -403,7 +406,6 @@ def test_bad_annotations_are_clear_problems_and_nothing_is_written(
     for answer, status in cases:
         assert is_problem(answer, status), (status, answer.status_code, answer.text[:300])
         assert answer.json()["detail"]
-    assert '"x": 10' in json.dumps(base)
     assert atrium.scalar("SELECT count(*) FROM annotations WHERE target_id = %s",
                          (study,)) == 0
 
