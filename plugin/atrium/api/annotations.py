@@ -256,11 +256,10 @@ def routes(app: Atrium) -> list[Route]:
         args = request.args
         wanted = ORDER.request(args)
         after, values = ORDER.after(wanted)
-        audit_target: Any = None
-        if "target_id" in args and "target_type" in args:
-            with app.pool.connection() as conn:
-                find_target(conn, request.caller, args["target_type"], args["target_id"])
-            audit_target = args["target_id"]
+        # A named target is found first (its 404 is the caller's answer); then the
+        # rows need not be checked against it one by one.
+        audit_target = args["target_id"] if "target_type" in args and "target_id" in args \
+            else None
         where = row_scope(request.caller, "a", target_checked=audit_target is not None).add(
             "a.is_latest AND a.deleted_at IS NULL").add(after, *values)
         if "target_id" in args:
@@ -294,6 +293,8 @@ def routes(app: Atrium) -> list[Route]:
             "LIMIT %s) page ON page.id = a.id").format(
                 select=_SELECT, where=where.sql(), order=ORDER.order_by())
         with app.pool.connection() as conn:
+            if audit_target is not None:
+                find_target(conn, request.caller, args["target_type"], audit_target)
             # Planned for its values every time, never a generic plan (see
             # atrium.api.studies): the viewport's size decides the best plan.
             rows = conn.execute(query, [*where.params, wanted.fetch],
