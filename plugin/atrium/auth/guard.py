@@ -104,21 +104,30 @@ class Identities:
         if not principal.organization:
             raise Forbidden("The token names no organization; ask the identity provider's "
                             "administrator to set the user's organization attribute.")
+        claims = {"sub": principal.keycloak_id[:255],
+                  "username": principal.username[:255],
+                  "email": principal.email[:255] if principal.email else None,
+                  "first": (principal.given_name or "")[:255] or None,
+                  "last": (principal.family_name or "")[:255] or None,
+                  "roles": sorted(principal.roles)}
         with self._connect() as conn, conn.transaction():
             organization_id = self._organization(conn, principal.organization)
-            try:
-                with conn.transaction():
-                    row = conn.execute(_UPSERT_USER, {
-                        "sub": principal.keycloak_id[:255], "org": organization_id,
-                        "username": principal.username[:255],
-                        "email": principal.email[:255] if principal.email else None,
-                        "first": (principal.given_name or "")[:255] or None,
-                        "last": (principal.family_name or "")[:255] or None,
-                        "roles": sorted(principal.roles)}).fetchone()
-            except psycopg.errors.UniqueViolation:
-                raise Conflict("Another account already uses this username or email; "
-                               "ask the identity provider's administrator to resolve it."
-                               ) from None
+            # A user's first requests may arrive together. The upsert is keyed on
+            # keycloak_id, but a concurrent insert of the same user can trip the
+            # username or email index first; once that insert has committed, the
+            # second attempt finds the row and updates it. A second violation is
+            # another account's username or email.
+            for attempt in (1, 2):
+                try:
+                    with conn.transaction():
+                        row = conn.execute(_UPSERT_USER,
+                                           {**claims, "org": organization_id}).fetchone()
+                    break
+                except psycopg.errors.UniqueViolation:
+                    if attempt == 2:
+                        raise Conflict("Another account already uses this username or "
+                                       "email; ask the identity provider's administrator "
+                                       "to resolve it.") from None
         assert row is not None
         return Caller(principal, row[0], organization_id)
 
