@@ -12,9 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -168,66 +166,10 @@ def _token_arguments(command: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
-    from atrium.devenv import LocalCluster, OrthancProcess, orthanc_config
-    from atrium.migrations import apply_migrations
+    """What ``make run`` runs (:mod:`atrium.runner`)."""
+    from atrium.runner import run
 
-    data_dir = settings.data_dir
-    data_dir.mkdir(parents=True, exist_ok=True)
-    data_dir.chmod(0o755)  # the postgres system user must reach its cluster
-    cluster = LocalCluster(data_dir)
-    print(f"atrium: PostgreSQL cluster in {cluster.pgdata} (port {cluster.port})")
-    cluster.init()
-    cluster.start()
-    orthanc: OrthancProcess | None = None
-    try:
-        cluster.ensure_database("orthanc")
-        cluster.ensure_database("atrium")
-        cluster.ensure_app_role()
-        applied = apply_migrations(settings.database_url)
-        print(f"atrium: migrations applied: {len(applied)}")
-        config = orthanc_config(
-            base=_read_config(args.config), data_dir=data_dir, cluster=cluster,
-            index_database="orthanc", http_port=settings.orthanc_http_port,
-            dicom_port=settings.orthanc_dicom_port, aet=settings.orthanc_aet,
-            # Atrium runs as a role that cannot change audit rows; migrations and
-            # partition upkeep as the cluster's owner.
-            atrium={"DatabaseUrl": cluster.app_url("atrium"),
-                    "DatabaseOwnerUrl": settings.database_url},
-            python_script=REPO_ROOT / "plugin" / "atrium_entry.py",
-        )
-        orthanc = OrthancProcess(data_dir / "orthanc", config)
-        orthanc.start()
-        url = orthanc.url
-        if settings.oidc_issuer:
-            how = f"from {settings.oidc_issuer} (audience {settings.oidc_audience})"
-        else:
-            how = ("TOKEN=$(.venv/bin/atrium token --user alice --role admin "
-                   f"--org {settings.default_organization})")
-        print(f"""
-Atrium is running (Ctrl-C stops everything).
-  REST API   {url}/api/health   {url}/api/openapi.json   {url}/api/me
-  Orthanc    {url}/ (administrators' tokens only)
-  DICOMweb   {url}/dicom-web/
-  DICOM      AE title {settings.orthanc_aet} on 127.0.0.1:{settings.orthanc_dicom_port}
-  Logs       {orthanc.logfile}
-  Token      {how}
-             then: curl -H "Authorization: Bearer $TOKEN" {url}/api/me
-""", flush=True)
-        stop = threading.Event()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
-        while not stop.is_set():
-            if orthanc.proc is not None and orthanc.proc.poll() is not None:
-                print(f"atrium: Orthanc exited ({orthanc.proc.returncode}); see {orthanc.logfile}",
-                      file=sys.stderr)
-                return 1
-            stop.wait(1)
-        return 0
-    finally:
-        print("atrium: stopping", file=sys.stderr)
-        if orthanc is not None:
-            orthanc.stop()
-        cluster.stop()
+    return run(settings, _read_config(args.config))
 
 
 COMMANDS = {

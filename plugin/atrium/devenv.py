@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import pwd
-import secrets
 import shutil
 import signal
 import subprocess
@@ -19,6 +18,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
+
+from atrium.pgserver import StartupError, ensure_login_role, secret_file
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ def _postgres_bin(tool: str) -> str:
             return str(candidate / tool)
     found = shutil.which(tool)
     if not found:
-        raise RuntimeError(f"PostgreSQL's {tool} is not installed (apt-get install postgresql)")
+        raise StartupError(f"PostgreSQL's {tool} is not installed: run `make run` (which "
+                           "installs it) or apt-get install postgresql, or set "
+                           "ATRIUM_DATABASE_URL to a server of your own")
     return found
 
 
@@ -80,11 +83,7 @@ class LocalCluster:
         return subprocess.run(args, check=True, text=True, capture_output=True, **kwargs)
 
     def password(self) -> str:
-        if not self.password_file.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            self.password_file.write_text(secrets.token_urlsafe(24))
-            self.password_file.chmod(0o600)
-        return self.password_file.read_text().strip()
+        return secret_file(self.password_file)
 
     def url(self, database: str) -> str:
         return f"postgresql://{self.user}:{self.password()}@127.0.0.1:{self.port}/{database}"
@@ -92,13 +91,12 @@ class LocalCluster:
     # -- Atrium's runtime role ----------------------------------------------------
     APP_ROLE = "atrium_app"
 
+    @property
+    def app_password_file(self) -> Path:
+        return self.data_dir / "postgres-app.password"
+
     def app_password(self) -> str:
-        path = self.data_dir / "postgres-app.password"
-        if not path.exists():
-            self.data_dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(24))
-            path.chmod(0o600)
-        return path.read_text().strip()
+        return secret_file(self.app_password_file)
 
     def app_url(self, database: str) -> str:
         """The URL Atrium runs with: a role that is neither superuser nor owner, so
@@ -110,15 +108,9 @@ class LocalCluster:
         """Create Atrium's runtime role once (cluster-wide); its password follows
         the file."""
         import psycopg
-        from psycopg import sql
 
         with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
-                                  (self.APP_ROLE,)).fetchone()
-            verb = "ALTER" if exists else "CREATE"
-            conn.execute(sql.SQL("{} ROLE {} LOGIN PASSWORD {}").format(
-                sql.SQL(verb), sql.Identifier(self.APP_ROLE),
-                sql.Literal(self.app_password())))
+            ensure_login_role(conn, self.APP_ROLE, self.app_password())
 
     # -- lifecycle --------------------------------------------------------------
     def initialized(self) -> bool:
@@ -164,9 +156,11 @@ class LocalCluster:
             check=False,
         )
         if probe.returncode != 0:
-            raise RuntimeError(
-                f"the postgres system user cannot write {self.pgdata}: set ATRIUM_DATA_DIR "
-                "to a directory outside /root (or make its parents traversable)"
+            raise StartupError(
+                f"the postgres system user cannot write {self.pgdata} (PostgreSQL does not "
+                "run as root): set ATRIUM_DATA_DIR to a directory every user can traverse "
+                "(not under /root), make its parents traversable, or set "
+                "ATRIUM_DATABASE_URL to a server of your own"
             )
 
     def is_running(self) -> bool:
@@ -217,12 +211,24 @@ class LocalCluster:
                 sql.Identifier(name)))
 
 
+def orthanc_index_section(url: str) -> dict[str, Any]:
+    """Orthanc's ``PostgreSQL`` section keeping its index at the libpq ``url``.
+
+    ``ConnectionUri`` rather than Host/Port/Database/Username/Password: the plugin
+    (orthanc-postgresql 4.0 in Debian bookworm, and later) hands it to libpq as it
+    is, so both libpq forms and every option (sslmode, several hosts, a socket
+    directory) reach the server unchanged, which the five fields cannot express.
+    """
+    return {"EnableIndex": True, "EnableStorage": False, "ConnectionUri": url, "Lock": False}
+
+
 def orthanc_config(
     *,
     base: Mapping[str, Any],
     data_dir: Path,
-    cluster: LocalCluster,
-    index_database: str,
+    cluster: LocalCluster | None = None,
+    index_database: str = "orthanc",
+    index_url: str | None = None,
     http_port: int,
     dicom_port: int,
     aet: str,
@@ -232,9 +238,14 @@ def orthanc_config(
     bind_loopback: bool = True,
 ) -> dict[str, Any]:
     """Orthanc's full configuration for the local environment, derived from ``base``
-    (``orthanc-config/orthanc.json``): storage in the data directory, the index in
-    the private cluster, the plugins, Atrium's section. ``with_atrium=False`` gives
-    the same Orthanc without Atrium, the baseline of the benchmarks."""
+    (``orthanc-config/orthanc.json``): storage in the data directory, the index at
+    ``index_url`` (else ``index_database`` in ``cluster``), the plugins, Atrium's
+    section. ``with_atrium=False`` gives the same Orthanc without Atrium, the
+    baseline of the benchmarks."""
+    if index_url is None:
+        if cluster is None:
+            raise ValueError("orthanc_config needs index_url or cluster")
+        index_url = cluster.url(index_database)
     config = dict(base)
     storage = data_dir / "orthanc" / "storage"
     storage.mkdir(parents=True, exist_ok=True)
@@ -252,16 +263,7 @@ def orthanc_config(
         "HttpPort": http_port,
         "DicomPort": dicom_port,
         "DicomAet": aet,
-        "PostgreSQL": {
-            "EnableIndex": True,
-            "EnableStorage": False,
-            "Host": "127.0.0.1",
-            "Port": cluster.port,
-            "Database": index_database,
-            "Username": cluster.user,
-            "Password": cluster.password(),
-            "Lock": False,
-        },
+        "PostgreSQL": orthanc_index_section(index_url),
     })
     if bind_loopback:
         # Orthanc 1.10 has no listen-address option; loopback-only is enforced by
