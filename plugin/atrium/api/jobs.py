@@ -11,6 +11,24 @@ thread, started when work arrives and ended when idle: it starts Orthanc's job
 asynchronously, follows its progress, then waits (bounded) until the mirror holds
 the copy and checks that the copy sits in the source's organization under a
 de-identified patient (:func:`atrium.app.organization_resolver` puts it there).
+
+De-identification survives restarts. Its jobs carry the Deidentifier's runner and
+its heartbeat (:mod:`atrium.jobs`); a job orphaned by a crash or restart is handed
+to :meth:`Deidentifier.resume` and continues. Orthanc persists its own jobs, so
+when the Orthanc job it started still exists (pending, running, paused or done)
+it is followed to its end; else — it failed, or another node whose Orthanc never
+heard of it took the job over — the anonymization starts again from the study
+named in the job's parameters. Orthanc reloads a running job from its last saved
+state, which leaves either a partial first copy beside a new one, or one copy
+with instances done twice under new SOP UIDs. So the job records each copy's
+Orthanc id as soon as Orthanc names it; a followed job's copy is kept only when it
+holds as many instances as the source (else the anonymization starts again), and
+every other copy of an interrupted run is deleted from Orthanc — after checking
+that it is an anonymized copy of the same study — once the job's copy is
+complete. Only a copy whose first instance was written in the half-second
+before the crash escapes this. ``result.resumed`` says the job was resumed,
+``result.discarded_copies`` what was deleted. A study gone from Orthanc
+meanwhile fails the job with that reason.
 """
 
 from __future__ import annotations
@@ -33,6 +51,7 @@ from atrium.api.schema import date_time, enum, integer, nullable, obj, string
 from atrium.api.schema import uuid as uuid_schema
 from atrium.api.scope import Conditions, organization_scope
 from atrium.errors import NotFound, ServiceUnavailable
+from atrium.jobs import Orphan, Runner
 from atrium.orthanc_api import HttpOrthancApi, OrthancError
 
 if TYPE_CHECKING:
@@ -132,18 +151,23 @@ def routes(app: Atrium) -> list[Route]:
 # --------------------------------------------------------- de-identification
 
 _NEW_JOB = """
-INSERT INTO jobs (kind, status, organization_id, created_by, parameters, progress_total)
-VALUES ('deidentify', 'queued', %s, %s, %s, 100) RETURNING id
+INSERT INTO jobs (kind, status, organization_id, created_by, parameters, progress_total,
+                  runner_node, runner, heartbeat_at)
+VALUES ('deidentify', 'queued', %s, %s, %s, 100, %s, %s, now()) RETURNING id
 """
-_RUNNING = "UPDATE jobs SET status = 'running', started_at = now() WHERE id = %s"
-_PROGRESS = ("UPDATE jobs SET progress_done = %s, result = %s WHERE id = %s "
+_RUNNING = ("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, now()) "
+            "WHERE id = %s AND runner = %s")
+_PROGRESS = ("UPDATE jobs SET progress_done = %s, result = %s WHERE id = %s AND runner = %s "
              "AND (progress_done, result) IS DISTINCT FROM (%s, %s)")
 _FINISHED = """
 UPDATE jobs SET status = %(status)s, result = COALESCE(%(result)s::jsonb, result),
        error = %(error)s, finished_at = now(),
        progress_done = CASE WHEN %(succeeded)s THEN progress_total ELSE progress_done END
-WHERE id = %(id)s
+WHERE id = %(id)s AND runner = %(runner)s AND status IN ('queued', 'running')
 """
+_SOURCE_STUDY = "SELECT orthanc_id FROM studies WHERE id = %s AND deleted_at IS NULL"
+# Orthanc job states worth following after a restart; a failed one is started again.
+_FOLLOWABLE = ("Pending", "Running", "Paused", "Retry", "Success")
 _MIRRORED_COPY = """
 SELECT s.id, s.organization_id, s.patient_id, p.is_deidentified, s.number_of_instances
 FROM studies s JOIN patients p ON p.id = s.patient_id
@@ -157,9 +181,12 @@ class JobFailed(Exception):
 
 @dataclass(frozen=True)
 class Work:
+    """A job to run; ``previous`` is the result of an interrupted run when resuming."""
+
     job_id: uuid.UUID
     organization_id: uuid.UUID
     study_orthanc_id: str
+    previous: dict[str, Any] | None = None
 
 
 class Deidentifier:
@@ -172,6 +199,8 @@ class Deidentifier:
         The pool's ``connection``.
     orthanc
         Factory of the :class:`HttpOrthancApi` client (called once, on first use).
+    runner
+        Who runs the jobs (this process on this node); it keeps them heartbeating.
     poll_seconds
         How often Orthanc's job and then the mirror are looked at.
     max_seconds
@@ -183,13 +212,14 @@ class Deidentifier:
         Jobs waiting at most; more are refused (503) rather than queued unboundedly.
     """
 
-    def __init__(self, connect: Callable[[], Any], orthanc: Callable[[], HttpOrthancApi], *,
-                 poll_seconds: float = 0.5, max_seconds: float = 6 * 3600,
+    def __init__(self, connect: Callable[[], Any], orthanc: Callable[[], HttpOrthancApi],
+                 runner: Runner, *, poll_seconds: float = 0.5, max_seconds: float = 6 * 3600,
                  mirror_seconds: float = 120, idle_seconds: float = 30,
                  capacity: int = 64) -> None:
         self._connect = connect
         self._orthanc_factory = orthanc
         self._orthanc: HttpOrthancApi | None = None
+        self.runner = runner
         self.poll_seconds = poll_seconds
         self.max_seconds = max_seconds
         self.mirror_seconds = mirror_seconds
@@ -202,12 +232,14 @@ class Deidentifier:
     def create(self, conn: Any, caller: Any, parameters: dict[str, Any]) -> uuid.UUID:
         """The ``queued`` job row, in the caller's transaction."""
         row = conn.execute(_NEW_JOB, (caller.organization_id, caller.user_id,
-                                      Jsonb(parameters))).fetchone()
+                                      Jsonb(parameters), self.runner.node,
+                                      self.runner.id)).fetchone()
         assert row is not None
         return row[0]
 
     def submit(self, work: Work) -> None:
         """Hand a created job to the worker; 503 when too many are waiting."""
+        self.runner.keep_alive(self._connect)
         try:
             self._queue.put_nowait(work)
         except queue.Full:
@@ -219,6 +251,15 @@ class Deidentifier:
                 self._thread = threading.Thread(target=self._run, name="atrium-deidentify",
                                                 daemon=True)
                 self._thread.start()
+
+    def resume(self, orphan: Orphan) -> None:
+        """Take over an orphaned job (claimed by this runner): queue it to continue
+        from where its Orthanc job is, or to start again (the module's docstring)."""
+        assert orphan.organization_id is not None, "de-identification jobs have an owner"
+        with self._connect() as conn:
+            row = conn.execute(_SOURCE_STUDY, (orphan.parameters.get("study_id"),)).fetchone()
+        self.submit(Work(orphan.id, orphan.organization_id, str(row[0] or "") if row else "",
+                         previous=dict(orphan.result or {})))
 
     def _run(self) -> None:
         while True:
@@ -235,10 +276,10 @@ class Deidentifier:
     # -- one job ----------------------------------------------------------------
     def run(self, work: Work) -> None:
         """Run one job to its end; never raises (the job row says what happened)."""
-        log.info("deidentify.started job=%s", work.job_id)
+        log.info("deidentify.started job=%s resumed=%s", work.job_id, work.previous is not None)
         try:
             with self._connect() as conn:
-                conn.execute(_RUNNING, (work.job_id,))
+                conn.execute(_RUNNING, (work.job_id, self.runner.id))
             result = self._anonymize(work)
         except JobFailed as failed:
             self._finish(work.job_id, "failed", None, str(failed))
@@ -255,19 +296,24 @@ class Deidentifier:
 
     def _anonymize(self, work: Work) -> dict[str, Any]:
         orthanc = self._client()
-        try:
-            started = orthanc.post_json(f"/studies/{work.study_orthanc_id}/anonymize",
-                                        {"Asynchronous": True})
-        except OrthancError as exc:
-            if exc.status == 404:
-                raise JobFailed("The study is no longer in Orthanc.") from None
-            raise
-        result: dict[str, Any] = {"orthanc_job_id": str(started["ID"])}
-        job = self._follow(work.job_id, result)
-        content = job.get("Content") or {}
-        copy_id = str(content.get("ID") or "")
-        if not copy_id:
-            raise JobFailed("Orthanc's anonymization finished without naming its copy.")
+        previous = work.previous or {}
+        result: dict[str, Any] = {}
+        copy_id: str | None = None
+        if work.previous is not None:
+            # Copies an interrupted run began; whichever copy the job ends with
+            # supersedes them.
+            result["resumed"] = True
+            result["superseded_copies"] = sorted(
+                {*previous.get("superseded_copies", []), previous.get("orthanc_study_id")}
+                - {None})
+            copy_id = self._resume_orthanc_job(work, previous.get("orthanc_job_id"), result)
+        if copy_id is None:
+            result["orthanc_job_id"] = self._start_anonymization(work)
+            copy_id = self._copy_named_by(self._follow(work.job_id, result))
+        superseded = [c for c in result.pop("superseded_copies", []) if c != copy_id]
+        if work.previous is not None:
+            result["discarded_copies"] = [c for c in superseded
+                                          if self._discard_partial_copy(work, c)]
         copy = orthanc.get_json(f"/studies/{copy_id}")
         expected = int(orthanc.get_json(f"/studies/{copy_id}/statistics")["CountInstances"])
         result.update(orthanc_study_id=copy_id,
@@ -275,20 +321,116 @@ class Deidentifier:
         result.update(self._mirrored(work, copy_id, expected))
         return result
 
+    @staticmethod
+    def _copy_named_by(job: dict[str, Any]) -> str:
+        copy_id = str((job.get("Content") or {}).get("ID") or "")
+        if not copy_id:
+            raise JobFailed("Orthanc's anonymization finished without naming its copy.")
+        return copy_id
+
+    def _resume_orthanc_job(self, work: Work, orthanc_job: str | None,
+                            result: dict[str, Any]) -> str | None:
+        """The copy made by the interrupted run's Orthanc job, followed to its end, if
+        that copy is exact; None when the anonymization must start again.
+
+        Orthanc reloads a running job from its last saved state: sometimes from
+        the start with new UIDs (a second copy), sometimes with the study's UIDs
+        but redoing instances under new SOP UIDs (a copy with duplicates). Only a
+        copy with as many instances as the source is kept; any other is discarded.
+        """
+        followed = self._followable(orthanc_job)
+        if followed is None:
+            return None
+        result["orthanc_job_id"] = followed
+        try:
+            copy_id = self._copy_named_by(self._follow(work.job_id, result))
+        except JobFailed as failed:
+            log.info("deidentify.restart job=%s reason=%r", work.job_id, str(failed))
+            return None
+        if self._instance_count(copy_id) == self._instance_count(work.study_orthanc_id):
+            return copy_id
+        log.warning("deidentify.copy_inexact job=%s copy=%s: starting again", work.job_id,
+                 copy_id)
+        result["superseded_copies"] = sorted({*result["superseded_copies"], copy_id})
+        return None
+
+    def _instance_count(self, study_orthanc_id: str) -> int | None:
+        if not study_orthanc_id:
+            return None
+        try:
+            statistics = self._client().get_json(f"/studies/{study_orthanc_id}/statistics")
+        except OrthancError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return int(statistics["CountInstances"])
+
+    def _start_anonymization(self, work: Work) -> str:
+        if not work.study_orthanc_id:
+            raise JobFailed("The study is no longer in Orthanc.")
+        try:
+            started = self._client().post_json(f"/studies/{work.study_orthanc_id}/anonymize",
+                                               {"Asynchronous": True})
+        except OrthancError as exc:
+            if exc.status == 404:
+                raise JobFailed("The study is no longer in Orthanc.") from None
+            raise
+        return str(started["ID"])
+
+    def _followable(self, orthanc_job: str | None) -> str | None:
+        """The Orthanc job of an interrupted run, if it can still be followed."""
+        if not orthanc_job:
+            return None
+        try:
+            job = self._client().get_json(f"/jobs/{orthanc_job}")
+        except OrthancError as exc:
+            if exc.status == 404:  # another Orthanc's job, or Orthanc forgot it
+                return None
+            raise
+        state = job.get("State")
+        if state not in _FOLLOWABLE:
+            return None
+        if state == "Paused":
+            self._client().post_json(f"/jobs/{orthanc_job}/resume", {})
+        return orthanc_job
+
+    def _discard_partial_copy(self, work: Work, copy_id: str) -> bool:
+        """Delete an interrupted run's copy from Orthanc, but only an anonymized copy
+        of this job's study; whether it was deleted."""
+        try:
+            source = self._client().get_json(f"/studies/{copy_id}/metadata?expand")
+        except OrthancError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        if not work.study_orthanc_id or \
+                source.get("AnonymizedFrom") != work.study_orthanc_id:
+            log.warning("deidentify.partial_copy_kept job=%s copy=%s: not an anonymized copy "
+                        "of the job's study", work.job_id, copy_id)
+            return False
+        self._client().delete(f"/studies/{copy_id}")
+        log.warning("deidentify.partial_copy_deleted job=%s copy=%s", work.job_id, copy_id)
+        return True
+
     def _follow(self, job_id: uuid.UUID, result: dict[str, Any]) -> dict[str, Any]:
-        """Orthanc's job until it ends, its progress copied into ours."""
+        """Orthanc's job until it ends, its progress copied into ours, and the copy's
+        Orthanc id as soon as Orthanc names it (so a run interrupted after this
+        leaves no copy that a resumed run cannot find)."""
         orthanc_job = result["orthanc_job_id"]
         deadline = time.monotonic() + self.max_seconds
-        last = -1
+        last: tuple[int, str | None] = (-1, None)
         while True:
             job = self._client().get_json(f"/jobs/{orthanc_job}")
             state = job.get("State")
             progress = max(0, min(100, int(job.get("Progress") or 0)))
-            if progress != last:
-                last = progress
+            copy_id = (job.get("Content") or {}).get("ID")
+            if copy_id:
+                result["orthanc_study_id"] = str(copy_id)
+            if (progress, copy_id) != last:
+                last = (progress, copy_id)
                 with self._connect() as conn:
-                    conn.execute(_PROGRESS, (progress, Jsonb(result), job_id, progress,
-                                             Jsonb(result)))
+                    conn.execute(_PROGRESS, (progress, Jsonb(result), job_id, self.runner.id,
+                                             progress, Jsonb(result)))
             if state == "Success":
                 return dict(job)
             if state == "Failure":
@@ -329,11 +471,15 @@ class Deidentifier:
                 error: str | None) -> None:
         try:
             with self._connect() as conn:
-                conn.execute(_FINISHED, {
+                owned = conn.execute(_FINISHED, {
                     "status": status, "succeeded": status == "succeeded", "id": job_id,
-                    "error": error[:2000] if error else None,
-                    "result": Jsonb(result) if result is not None else None})
+                    "runner": self.runner.id, "error": error[:2000] if error else None,
+                    "result": Jsonb(result) if result is not None else None}).rowcount
         except Exception:  # noqa: BLE001 - nothing more can be done; the log says it
             log.exception("deidentify.unrecorded job=%s status=%s", job_id, status)
+            return
+        if not owned:
+            log.warning("deidentify.taken_over job=%s status=%s: another runner had claimed "
+                        "it; its outcome stands", job_id, status)
             return
         log.info("deidentify.%s job=%s", status, job_id)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from atrium.api.http import AuditNote, Reply, Request, Response, Route, json_response
-from atrium.api.jobs import JOB, Deidentifier, Work, read_job
+from atrium.api.jobs import JOB, Work, read_job
 from atrium.api.pagination import PAGE_PARAMETERS, Keyset, page, page_request, page_schema
 from atrium.api.patients import READERS
 from atrium.api.schema import (
@@ -179,7 +179,7 @@ def _phi(item: dict[str, Any]) -> bool:
 
 
 def routes(app: Atrium) -> list[Route]:
-    deidentifier = Deidentifier(app.pool.connection, lambda: app.orthanc_http)
+    deidentifier = app.deidentifier
 
     def find_study(request: Request, conn: Any) -> dict[str, Any]:
         where = live_study_scope(request.caller).add("s.id = %s", request.params["id"])

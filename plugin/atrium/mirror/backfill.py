@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from atrium.jobs import Job
+from atrium.jobs import Job, Runner
 from atrium.mirror.sync import Mirror
 
 log = logging.getLogger(__name__)
@@ -28,12 +28,14 @@ def needs_backfill(mirror: Mirror) -> bool:
 
 
 def backfill(mirror: Mirror, connect: Callable[[], Any],
-             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Mirror every instance of Orthanc; returns the job's result."""
+             on_progress: Callable[[int, int], None] | None = None,
+             runner: Runner | None = None) -> dict[str, Any]:
+    """Mirror every instance of Orthanc; returns the job's result. ``runner`` is
+    who runs the job (:mod:`atrium.jobs`); by default this process alone."""
     started = time.monotonic()
     position = mirror.last_change()
     total = int(mirror.api.get_json("/statistics").get("CountInstances", 0))
-    job = Job(connect, "backfill", {"change_position": position}, total=total)
+    job = Job(connect, "backfill", {"change_position": position}, total=total, runner=runner)
     try:
         listed = 0
 
