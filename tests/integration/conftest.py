@@ -123,7 +123,10 @@ def _with_atrium(config: dict[str, Any], atrium: bool) -> dict[str, Any]:
 
 
 def _start(workspace: Path, index_cluster: LocalCluster, atrium_cluster: LocalCluster,
-           with_atrium: bool = True, migrate: bool = True, **atrium: Any) -> AtriumUnderTest:
+           with_atrium: bool = True, migrate: bool = True,
+           orthanc_settings: dict[str, Any] | None = None, **atrium: Any) -> AtriumUnderTest:
+    """``orthanc_settings``: top-level Orthanc configuration (``DicomModalities``...);
+    ``atrium``: entries of the ``Atrium`` section."""
     name = uuid.uuid4().hex[:10]
     workdir = workspace / f"orthanc-{name}"
     index_db, atrium_db = f"orthanc_{name}", f"atrium_{name}"
@@ -145,6 +148,7 @@ def _start(workspace: Path, index_cluster: LocalCluster, atrium_cluster: LocalCl
         base=base, data_dir=workdir, cluster=index_cluster, index_database=index_db,
         http_port=http_port, dicom_port=dicom_port, aet="ATRIUM", atrium=section,
         python_script=REPO_ROOT / "plugin" / "atrium_entry.py", with_atrium=with_atrium)
+    config.update(orthanc_settings or {})
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("ATRIUM_")}
     process = OrthancProcess(workdir, config, env)
     process.start()
