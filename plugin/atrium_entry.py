@@ -40,8 +40,10 @@ _use_venv()
 
 import orthanc  # noqa: E402
 
-from atrium.api.http import Request, Response  # noqa: E402
+from atrium.api.http import Request, Response, problem_response  # noqa: E402
 from atrium.app import Atrium  # noqa: E402
+from atrium.dicom.admission import admit_upload  # noqa: E402
+from atrium.errors import BadRequest, RefusedDicom  # noqa: E402
 from atrium.orthanc_api import SdkOrthancApi  # noqa: E402
 from atrium.settings import PUBLIC_DICOMWEB_ROOT, SettingsError, load_settings  # noqa: E402
 
@@ -173,7 +175,112 @@ def on_dicomweb(output: object, uri: str, **request: object) -> None:
     _answer(output, _app.dicomweb.handle(_request(path, request)))
 
 
+_dicom_log = logging.getLogger("atrium.dicomnet")
+
+
+def on_find(answers: object, query: object, issuer_aet: str, called_aet: str) -> None:
+    """Intervention: every C-FIND (but worklists), in place of Orthanc's own SCP.
+    Raising is the plugin's only way to answer a failure status; nothing else
+    escapes."""
+    try:
+        size = query.GetFindQuerySize()  # type: ignore[attr-defined]
+        elements = [(query.GetFindQueryTagGroup(i), query.GetFindQueryTagElement(i),  # type: ignore[attr-defined]
+                     query.GetFindQueryValue(i)) for i in range(size)]  # type: ignore[attr-defined]
+        assert _app.dicom is not None
+        outcome = _app.dicom.find(elements, str(issuer_aet or ""))
+    except Exception:  # noqa: BLE001
+        _dicom_log.exception("dicom.c_find_error calling_aet=%s", issuer_aet)
+        raise RuntimeError("C-FIND could not be answered") from None
+    if outcome.failed:
+        raise RuntimeError("C-FIND refused")
+    for answer in outcome.answers:
+        answers.FindAddAnswer(answer)  # type: ignore[attr-defined]
+    if outcome.incomplete:
+        answers.FindMarkIncomplete()  # type: ignore[attr-defined]
+
+
+def on_move(**request: object) -> None:
+    """Intervention: every C-MOVE, in place of Orthanc's own SCP. orthanc-python 4.0
+    reports it to the peer as one sub-operation, whatever was sent."""
+    try:
+        assert _app.dicom is not None
+        _app.dicom.move(request)
+    except Exception as error:  # noqa: BLE001 - a failure status, logged once
+        _dicom_log.warning("dicom.c_move_failed calling_aet=%s reason=%s",
+                           request.get("OriginatorAET"), error)
+        raise RuntimeError("C-MOVE failed") from None
+
+
+def on_modality(output: object, uri: str, **request: object) -> None:
+    """Intervention: ``/modalities/{name}``. A definition PUT here is stored with C-GET
+    refused (atrium.dicomnet.modalities); the request filter has already let only
+    administrators through. Served by Orthanc's built-in API through the SDK, which
+    does not come back here."""
+    from atrium.dicomnet.modalities import without_get
+
+    method = str(request.get("method", "GET"))
+    try:
+        if method == "PUT":
+            body = json.loads(request.get("body") or b"null")  # type: ignore[arg-type]
+            answer = orthanc.RestApiPut(uri, json.dumps(without_get(body)))
+        elif method == "DELETE":
+            answer = orthanc.RestApiDelete(uri) or b"{}"
+        else:
+            answer = orthanc.RestApiGet(uri)
+    except (ValueError, orthanc.OrthancException) as error:
+        status = 404 if "Unknown" in str(error) or "Inexistent" in str(error) else 400
+        _answer(output, Response(status, json.dumps({"error": str(error)}).encode(),
+                                 "application/json"))
+        return
+    body_out = answer if isinstance(answer, bytes) else str(answer or "").encode()
+    _answer(output, Response(200, body_out or b"{}", "application/json"))
+
+
 orthanc.RegisterOnChangeCallback(on_change)
+orthanc.RegisterFindCallback(on_find)
+orthanc.RegisterMoveCallback(on_move)
+orthanc.RegisterRestCallback("/modalities/([^/]+)", on_modality)
 orthanc.RegisterIncomingHttpRequestFilter(incoming_request_filter)
 orthanc.RegisterRestCallback("/api/(.*)", on_api)
 orthanc.RegisterRestCallback(PUBLIC_DICOMWEB_ROOT + "(.*)", on_dicomweb)
+
+
+
+def on_instances(output: object, uri: str, **request: object) -> None:
+    """Intervention: Orthanc's own ``/instances``, which Atrium serves in front of
+    Orthanc's built-in route. Orthanc 1.10 parses an upload by recursion on this
+    HTTP thread, and one hostile file (sequences nested thousands deep) kills the
+    process; so an upload is scanned first (:mod:`atrium.dicom.admission`) and
+    refused with a 400 problem when it must not be parsed. Atrium's own calls are
+    scanned where they come from. What passes goes to the built-in route through
+    the SDK, which never comes back here — so Orthanc records these instances'
+    ``Origin`` as ``Plugins``, not ``RestApi``."""
+    method = str(request.get("method", "GET"))
+    if method == "POST":
+        body = request.get("body") or b""
+        body = body if isinstance(body, bytes) else str(body).encode()
+        headers = {str(k).lower(): str(v) for k, v in dict(request.get("headers") or {}).items()}
+        if not _app.request_filter.is_internal(getattr(_client, "ip", ""), headers):
+            try:
+                admit_upload(body, _app.dicom_limits)
+            except RefusedDicom as refused:
+                _answer(output, problem_response(refused))
+                return
+        try:
+            stored = orthanc.RestApiPost("/instances", body)
+        except orthanc.OrthancException as error:
+            _answer(output, problem_response(RefusedDicom(f"Orthanc refused the file: {error}")))
+            return
+        _answer(output, Response(200, stored, "application/json"))
+        return
+    arguments = dict(request.get("get") or {})  # as sent: Orthanc hands them over undecoded
+    query = "&".join(f"{k}={v}" if v else str(k) for k, v in arguments.items())
+    try:
+        listed = orthanc.RestApiGet(uri + ("?" + query if query else ""))
+    except orthanc.OrthancException as error:
+        _answer(output, problem_response(BadRequest(f"Orthanc refused the listing: {error}")))
+        return
+    _answer(output, Response(200, listed, "application/json"))
+
+
+orthanc.RegisterRestCallback("/instances", on_instances)

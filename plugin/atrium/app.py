@@ -40,11 +40,16 @@ from atrium.auth.request_audit import AuditedApi
 from atrium.auth.request_filter import RequestFilter
 from atrium.auth.tokens import validator_for
 from atrium.db import open_pool
+from atrium.dicom.scan import DEFAULT_LIMITS, DicomLimits
+from atrium.dicomnet.policy import AetPolicy
+from atrium.dicomnet.service import DicomNetwork
 from atrium.dicomweb.forward import PluginForwarder
 from atrium.dicomweb.gateway import DicomWebGateway
+from atrium.jobs import INTERRUPTED_ADVICE, Runner, recover_orphans
 from atrium.migrations import apply_migrations
 from atrium.mirror.backfill import backfill, needs_backfill
 from atrium.mirror.orthanc_index import OrthancIndex
+from atrium.mirror.quarantine import InstanceGuard, ParseMemory, Quarantine
 from atrium.mirror.sync import Mirror, MirrorWorker
 from atrium.mirror.verify import compare, repair
 from atrium.mirror.writer import MirrorWriter
@@ -99,26 +104,55 @@ def organization_resolver(settings: Settings,
     return resolve
 
 
+def dicom_network(settings: Settings, pool: Any) -> DicomNetwork:
+    """C-FIND/C-MOVE for DICOM peers. Moves store through Orthanc's REST API on
+    loopback with a long timeout: a synchronous store of a large study takes minutes."""
+    store = HttpOrthancApi(settings.orthanc_url, timeout=3600,
+                           headers={INTERNAL_HEADER: internal_secret(settings.data_dir)})
+    policy = AetPolicy(settings.aet_organizations, settings.default_organization,
+                       settings.dicom_unmapped_aet)
+    return DicomNetwork(pool.connection, policy, store, settings.orthanc_aet)
+
+
 MIRROR_FETCH_WORKERS = 4
 
 
 def build_mirror(settings: Settings, pool: Any, reader: HttpOrthancApi | None = None,
-                 fetch_workers: int = MIRROR_FETCH_WORKERS) -> Mirror:
+                 fetch_workers: int = MIRROR_FETCH_WORKERS,
+                 store: ObjectStore | None = None) -> Mirror:
     """The mirror as Atrium runs it, inside Orthanc or from the ``atrium`` command.
 
     It reads Orthanc over loopback HTTP, not through the SDK: the plugin holds the
     GIL for the whole of an SDK call, so SDK reads run one at a time and stall every
     other Python callback, while HTTP reads from a few threads run in Orthanc's own
-    threads, in parallel.
+    threads, in parallel. Every file it has Orthanc parse passes the instance guard
+    first (:mod:`atrium.mirror.quarantine`).
     """
     reader = reader or orthanc_client(settings)
     index = OrthancIndex(settings.orthanc_index_url) if settings.orthanc_index_url else None
     resolver = organization_resolver(
         settings, SourceOrganizations(pool.connection),
         lambda source: reader.get_json(f"/instances/{source}/metadata?expand"))
+    quarantine = Quarantine(reader, lambda orthanc_id: reader.stream(
+        f"/instances/{orthanc_id}/file"), pool.connection, store or open_settings_store(settings),
+        resolver)
+    guard = InstanceGuard(quarantine, ParseMemory(settings.data_dir / "mirror" / "parsing"),
+                          dicom_limits(settings))
     return Mirror(reader, MirrorWriter(pool.connection), resolver,
                   batch_size=settings.mirror_batch_size, fetch_workers=fetch_workers,
-                  index=index)
+                  index=index, guard=guard)
+
+
+def dicom_limits(settings: Settings) -> DicomLimits:
+    """What a DICOM file may hold before Atrium lets a parser see it."""
+    return DicomLimits(max_depth=settings.dicom_max_depth)
+
+
+def open_settings_store(settings: Settings) -> ObjectStore:
+    """The object store the settings name."""
+    return open_store(settings.storage_url, s3_endpoint=settings.s3_endpoint,
+                      s3_access_key=settings.s3_access_key,
+                      s3_secret_key=settings.s3_secret_key, s3_secure=settings.s3_secure)
 
 
 def organization_id_of(pool: Any, name: str) -> Callable[[], Any]:
@@ -174,17 +208,27 @@ class Atrium:
     request_filter: RequestFilter
     dicomweb: DicomWebGateway
     orthanc_http: HttpOrthancApi  # loopback HTTP with Atrium's internal credential
+    deidentifier: jobs.Deidentifier  # de-identification jobs, resumed after a restart
     identities: Identities | None = None  # who the tokens are (cached); see auth.guard
     sr_importer: SrImporter | None = None  # DICOM SRs arriving in Orthanc → annotations
+    dicom: DicomNetwork | None = None  # C-FIND/C-MOVE scoped per organization; C-GET refused
+    # What a DICOM file may hold before any parser sees it (atrium.dicom.scan).
+    dicom_limits: DicomLimits = DEFAULT_LIMITS
 
     @classmethod
     def build(cls, settings: Settings, orthanc: OrthancApi) -> Atrium:
         pool = open_pool(settings.database_url)
-        store = open_store(settings.storage_url, s3_endpoint=settings.s3_endpoint,
-                           s3_access_key=settings.s3_access_key,
-                           s3_secret_key=settings.s3_secret_key, s3_secure=settings.s3_secure)
+        store = open_settings_store(settings)
         reader = orthanc_client(settings)
-        mirror = build_mirror(settings, pool, reader)
+        mirror = build_mirror(settings, pool, reader, store=store)
+        runner = Runner.for_node(settings.orthanc_http_port)
+        deidentifier = jobs.Deidentifier(pool.connection, lambda: reader, runner)
+
+        def recover_jobs() -> None:
+            """Jobs orphaned by a crash or restart: de-identification resumes, platform
+            jobs fail with advice (atrium.jobs)."""
+            recover_orphans(pool.connection, runner, {"deidentify": deidentifier.resume},
+                            advice=INTERRUPTED_ADVICE)
 
         def prepare() -> None:
             apply_migrations(settings.owner_url)
@@ -195,12 +239,16 @@ class Atrium:
                 conn.execute("INSERT INTO organizations (name) VALUES (%s) "
                              "ON CONFLICT (name) DO NOTHING", (settings.default_organization,))
             maintain(settings.owner_url)
+            if mirror.guard is not None:
+                mirror.guard.recover(mirror.file_tags)
+            recover_jobs()
             if needs_backfill(mirror):
                 log.info("mirror.backfill reason=first start over a non-empty Orthanc")
-                backfill(mirror, pool.connection)
+                backfill(mirror, pool.connection, runner=runner)
 
         def full_check() -> None:
             maintain(settings.owner_url)
+            recover_jobs()
             report = compare(reader, pool.connection)
             if not report.clean:
                 log.warning("mirror.full_check differences=%d", len(report.differences))
@@ -221,8 +269,9 @@ class Atrium:
                                 gateway_enabled=True,
                                 operators=organization_id_of(pool, settings.default_organization)),
                   DicomWebGateway(guard, pool.connection, forwarder,
-                                  public_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root),
-                  reader, identities)
+                                  public_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root,
+                                  limits=dicom_limits(settings)),
+                  reader, deidentifier, identities)
         app.router = Router([*health.routes(app), *mirror_status.routes(app),
                              *openapi.routes(app), *me.routes(app),
                              *organizations.routes(app),
@@ -237,6 +286,8 @@ class Atrium:
                              *annotation_routes.routes(app),
                              *annotation_reports.routes(app)], guard=guard)
         app.api = AuditedApi(app.router, pool.connection)
+        app.dicom = dicom_network(settings, pool)
+        app.dicom_limits = dicom_limits(settings)
         app.sr_importer = SrImporter(
             pool.connection, lambda orthanc_id: reader.get_bytes(f"/instances/{orthanc_id}/file"),
             ready=lambda: worker.prepared)
@@ -244,6 +295,8 @@ class Atrium:
 
     def start(self) -> None:
         self.worker.start()
+        if self.dicom is not None:
+            self.dicom.start()
         if self.sr_importer is not None:
             self.sr_importer.start()
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 __all__ = [
     "PROBLEM_SCHEMA", "ApiError", "BadRequest", "Conflict", "FieldError", "Forbidden",
-    "MethodNotAllowed", "NotFound", "PayloadTooLarge", "PreconditionRequired",
+    "MethodNotAllowed", "NotFound", "PayloadTooLarge", "PreconditionRequired", "RefusedDicom",
     "ServiceUnavailable", "Unauthorized",
     "UnsupportedMediaType",
 ]
@@ -81,6 +81,12 @@ class BadRequest(ApiError):
         if len(errors) > 1:
             detail += f" (and {len(errors) - 1} more; see 'errors')"
         return cls(detail, errors=[error.as_json() for error in errors])
+
+
+class RefusedDicom(BadRequest):
+    """A DICOM file Atrium will not let a parser see (:mod:`atrium.dicom.scan`)."""
+
+    slug, title = "refused-dicom", "DICOM file refused"
 
 
 class Unauthorized(ApiError):

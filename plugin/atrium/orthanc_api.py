@@ -8,8 +8,9 @@ which the mirror uses even inside Orthanc (see ``atrium.app``). Both raise
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import urllib3
@@ -94,6 +95,25 @@ class HttpOrthancApi:
     def get_bytes(self, path: str) -> bytes:
         return bytes(self._request("GET", path).data)
 
+    @contextlib.contextmanager
+    def stream(self, path: str) -> Iterator[tuple[Callable[[int], bytes], int | None]]:
+        """``(read(n), size)`` over the answer's body, read as it arrives: a file of
+        any size in bounded memory."""
+        try:
+            response = self._http.request("GET", self.base_url + path, headers=self._headers,
+                                          preload_content=False)
+        except urllib3.exceptions.HTTPError as exc:
+            raise OrthancError(path, 503, f"Orthanc unreachable: {exc}") from exc
+        try:
+            if response.status >= 400:
+                raise OrthancError(path, response.status,
+                                   response.read(200).decode("utf-8", "replace"))
+            length = response.headers.get("Content-Length")
+            yield response.read, int(length) if length and length.isdigit() else None
+        finally:
+            response.drain_conn()
+            response.release_conn()
+
     def delete(self, path: str) -> None:
         self._request("DELETE", path)
 
@@ -104,6 +124,11 @@ class HttpOrthancApi:
         """POST ``body`` as JSON; the JSON answer."""
         answer = self._request("POST", path, json.dumps(body).encode(), "application/json")
         return json.loads(answer.data)
+
+    def put_json(self, path: str, body: Any) -> Any:
+        """PUT ``body`` as JSON; the JSON answer (None when Orthanc sends none)."""
+        answer = self._request("PUT", path, json.dumps(body).encode(), "application/json")
+        return json.loads(answer.data) if answer.data.strip() else None
 
 
 def iter_changes(api: OrthancApi, since: int, limit: int) -> Iterator[tuple[list[dict[str, Any]],

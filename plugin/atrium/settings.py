@@ -40,11 +40,14 @@ _CONFIG_KEYS: dict[str, str] = {
     "ATRIUM_ORG_CLAIM": "OrganizationClaim",
     "ATRIUM_DEFAULT_ORGANIZATION": "DefaultOrganization",
     "ATRIUM_AET_ORGANIZATIONS": "AetOrganizations",
+    "ATRIUM_DICOM_UNMAPPED_AET": "DicomUnmappedAet",
     "ATRIUM_ORTHANC_URL": "OrthancUrl",
     "ATRIUM_ORTHANC_INDEX_URL": "OrthancIndexUrl",
+    "ORTHANC_DATABASE_URL": "OrthancDatabaseUrl",
     "ATRIUM_MIRROR_BATCH_SIZE": "MirrorBatchSize",
     "ATRIUM_MIRROR_POLL_SECONDS": "MirrorPollSeconds",
     "ATRIUM_MIRROR_FULL_CHECK_SECONDS": "MirrorFullCheckSeconds",
+    "ATRIUM_DICOM_MAX_DEPTH": "DicomMaxDepth",
 }
 
 # Orthanc's own listeners live at the top level of its configuration.
@@ -71,6 +74,9 @@ class Settings:
     org_claim: str = "organization"
     default_organization: str = "Default"
     aet_organizations: Mapping[str, str] = field(default_factory=dict)
+    # What a C-FIND/C-MOVE peer whose AE title is not mapped reaches: "none" (nothing)
+    # or "default" (the default organization's data).
+    dicom_unmapped_aet: str = "none"
     orthanc_http_port: int = 8042
     orthanc_dicom_port: int = 4242
     orthanc_aet: str = "ATRIUM"
@@ -79,10 +85,18 @@ class Settings:
     mirror_batch_size: int = 500
     mirror_poll_seconds: float = 5.0
     mirror_full_check_seconds: float = 3600.0
+    # How deep DICOM sequences may nest in a file Atrium lets a parser see
+    # (atrium/dicom/scan.py); deeper files are refused at the edge or quarantined.
+    dicom_max_depth: int = 64
     dicomweb_plugin_root: str = "/atrium-dicomweb-plugin/"
     # Migrations and partition upkeep need the schema's owner; everything else runs
     # as ``database_url``'s role, which cannot change audit rows. None: the same.
     database_owner_url: str | None = None
+    # Orthanc's PostgreSQL index as ``atrium run`` configures it (None: beside
+    # Atrium's database, or in the private cluster).
+    orthanc_database_url: str | None = None
+    # No database URL was configured: ``atrium run`` keeps a cluster in data_dir.
+    private_cluster: bool = False
 
     @property
     def owner_url(self) -> str:
@@ -170,6 +184,20 @@ def _check_http_url(name: str, url: str) -> None:
     parsed = urlparse(url)
     if parsed.scheme not in {"http", "https"} or not parsed.netloc:
         raise SettingsError(f"{name} must be an http(s) URL, got {url!r}")
+
+
+def _check_libpq_url(name: str, url: str) -> None:
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(url)
+        valid = url.startswith(("postgresql://", "postgres://")) or "=" in url
+    except ProgrammingError:
+        valid = False
+    if not valid:  # the value is not echoed: it may hold a password
+        raise SettingsError(f"{name} must be a libpq URL "
+                            "(postgresql://user:password@host:port/database)")
 
 
 def default_database_url(data_dir: Path) -> str:
@@ -263,9 +291,12 @@ def load_settings(
             f"ATRIUM_DATABASE_URL must be a libpq URL (postgresql://...), got {database_url!r}"
         )
     database_owner_url = raw("ATRIUM_DATABASE_OWNER_URL")
-    if database_owner_url and not database_owner_url.startswith(("postgresql://",
-                                                                 "postgres://")):
-        raise SettingsError("ATRIUM_DATABASE_OWNER_URL must be a libpq URL (postgresql://...)")
+    if database_owner_url:
+        _check_libpq_url("ATRIUM_DATABASE_OWNER_URL", database_owner_url)
+
+    orthanc_database_url = raw("ORTHANC_DATABASE_URL")
+    if orthanc_database_url:
+        _check_libpq_url("ORTHANC_DATABASE_URL", orthanc_database_url)
 
     s3_endpoint = raw("ATRIUM_S3_ENDPOINT")
     storage_url = raw("ATRIUM_STORAGE_URL") or f"file://{data_dir / 'objects'}"
@@ -288,11 +319,20 @@ def load_settings(
     if not default_org or len(default_org) > 255:
         raise SettingsError("ATRIUM_DEFAULT_ORGANIZATION must be 1-255 characters")
 
+    unmapped_aet = (raw("ATRIUM_DICOM_UNMAPPED_AET") or "none").strip().lower()
+    if unmapped_aet not in ("none", "default"):
+        raise SettingsError(f"ATRIUM_DICOM_UNMAPPED_AET must be none or default, "
+                            f"got {unmapped_aet!r}")
+    if config.get("DicomAlwaysAllowGet") is True:
+        raise SettingsError("DicomAlwaysAllowGet must be false: Orthanc's C-GET SCP answers "
+                            "for every organization (docs/SECURITY.md, DICOM networking)")
+
     audience = raw("ATRIUM_OIDC_AUDIENCE") or "atrium"
     org_claim = raw("ATRIUM_ORG_CLAIM") or "organization"
 
     # Last: the default names the private cluster's password file, which it creates,
     # and nothing is created before every other setting is known to be valid.
+    private_cluster = not database_url
     database_url = database_url or default_database_url(data_dir)
     return Settings(
         data_dir=data_dir,
@@ -307,11 +347,13 @@ def load_settings(
         org_claim=org_claim,
         default_organization=default_org,
         aet_organizations=_parse_aet_map(raw("ATRIUM_AET_ORGANIZATIONS") or "{}"),
+        dicom_unmapped_aet=unmapped_aet,
         orthanc_http_port=http_port,
         orthanc_dicom_port=dicom_port,
         orthanc_aet=aet,
         orthanc_url=orthanc_url.rstrip("/"),
-        orthanc_index_url=raw("ATRIUM_ORTHANC_INDEX_URL") or orthanc_index_url(config),
+        orthanc_index_url=(raw("ATRIUM_ORTHANC_INDEX_URL") or orthanc_index_url(config)
+                           or orthanc_database_url),
         mirror_batch_size=_parse_int(
             "ATRIUM_MIRROR_BATCH_SIZE", raw("ATRIUM_MIRROR_BATCH_SIZE") or "500", 1, 10000
         ),
@@ -324,6 +366,10 @@ def load_settings(
             1,
             7 * 86400,
         ),
+        dicom_max_depth=_parse_int(
+            "ATRIUM_DICOM_MAX_DEPTH", raw("ATRIUM_DICOM_MAX_DEPTH") or "64", 1, 1_000_000),
         dicomweb_plugin_root=dicomweb_plugin_root(config),
         database_owner_url=database_owner_url,
+        orthanc_database_url=orthanc_database_url,
+        private_cluster=private_cluster,
     )

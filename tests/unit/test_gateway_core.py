@@ -13,7 +13,7 @@ from psycopg import sql
 
 from atrium.auth.internal import INTERNAL_HEADER, internal_secret, is_internal_call
 from atrium.auth.request_filter import OrthancScope, RouteKind, orthanc_scope, route_kind
-from atrium.dicomweb.gateway import _multipart_parts, _stow_study_uids
+from atrium.dicomweb.gateway import _multipart_body, _multipart_parts
 from atrium.dicomweb.qido import parse_study_query, split_uids, wildcard_to_like
 from atrium.errors import BadRequest, UnsupportedMediaType
 from tests.support.dicomgen import StudySpec, make_study
@@ -103,13 +103,14 @@ def multipart(parts: list[bytes], boundary: str = "b0undary") -> tuple[bytes, st
     return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
 
 
-def test_stow_parts_give_their_study_uids_and_garbage_is_left_to_the_plugin() -> None:
+def test_stow_parts_are_split_and_rebuilt_without_the_refused_ones() -> None:
     first, second = StudySpec(), StudySpec()
     blobs = [make_study(first)[0], make_study(second)[0], b"not dicom at all"]
     body, content_type = multipart(blobs)
-    parts = _multipart_parts(body, content_type)
-    assert parts == blobs
-    assert _stow_study_uids(parts) == {first.study_uid, second.study_uid}
+    boundary, parts = _multipart_parts(body, content_type)
+    assert [part.payload for part in parts] == blobs
+    rebuilt = _multipart_body(boundary, parts[1:])
+    assert [part.payload for part in _multipart_parts(rebuilt, content_type)[1]] == blobs[1:]
     with pytest.raises(UnsupportedMediaType):
         _multipart_parts(body, "application/dicom")
 

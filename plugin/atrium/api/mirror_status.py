@@ -1,4 +1,5 @@
-"""``GET /api/mirror/status``: the cursor, the lag and the counts on both sides."""
+"""``GET /api/mirror/status``: the cursor, the lag, the counts on both sides and the
+quarantined instances."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from atrium.api.http import Reply, Request, Response, Route, json_response
 from atrium.api.schema import obj
 from atrium.auth.principal import Permission
 from atrium.errors import ServiceUnavailable
+from atrium.mirror.quarantine import quarantine_listing
 from atrium.orthanc_api import OrthancApi
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ def mirror_status(orthanc: OrthancApi, pool: Any, worker: MirrorWorker | None = 
             patients, studies, series, instances, cursor, cursor_at = conn.execute(
                 _MIRROR_COUNTS).fetchone()
             backfill = conn.execute(_LAST_BACKFILL).fetchone()
+            quarantine = quarantine_listing(conn)
     except Exception as exc:
         raise ServiceUnavailable(f"The mirror database is unreachable ({type(exc).__name__})."
                                  ) from exc
@@ -60,6 +63,8 @@ def mirror_status(orthanc: OrthancApi, pool: Any, worker: MirrorWorker | None = 
                     "instances": stats.get("CountInstances")},
         "mirror": {"patients": patients, "studies": studies, "series": series,
                    "instances": instances},
+        # Instances set aside instead of mirrored (atrium.mirror.quarantine).
+        "quarantine": quarantine,
         "backfill": None if backfill is None else dict(zip(
             ("job_id", "status", "done", "total", "created_at", "finished_at"), backfill,
             strict=True)),

@@ -9,17 +9,14 @@ Orthanc, from where the mirror files it as any other instance.
 
 from __future__ import annotations
 
-import io
 import json
 from typing import TYPE_CHECKING
-
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from atrium.api.http import AuditNote, MiB, Reply, Request, Response, Route, json_response
 from atrium.api.schema import obj, string
 from atrium.assignments import claim_study
 from atrium.auth.principal import Permission
+from atrium.dicom.admission import admit_file
 from atrium.errors import ApiError, BadRequest
 from atrium.orthanc_api import OrthancError
 
@@ -33,24 +30,10 @@ STORED = obj({"orthanc_id": string(), "study_instance_uid": string(),
              required=["orthanc_id", "study_instance_uid", "sop_instance_uid", "status"])
 
 
-def _uids(body: bytes) -> tuple[str, str]:
-    try:
-        dataset = pydicom.dcmread(io.BytesIO(body), stop_before_pixels=True,
-                                  specific_tags=["StudyInstanceUID", "SOPInstanceUID"])
-    except (InvalidDicomError, ValueError, TypeError, EOFError, OSError, KeyError):
-        raise BadRequest("The body is not a DICOM file (Part 10, with its 'DICM' preamble)."
-                         ) from None
-    study = str(getattr(dataset, "StudyInstanceUID", "") or "").strip()
-    sop = str(getattr(dataset, "SOPInstanceUID", "") or "").strip()
-    if not study or not sop:
-        raise BadRequest("The DICOM file has no StudyInstanceUID or SOPInstanceUID; "
-                         "Atrium cannot file it.")
-    return study, sop
-
-
 def routes(app: Atrium) -> list[Route]:
     def upload(request: Request) -> Response:
-        study_uid, sop_uid = _uids(request.body)
+        summary = admit_file(request.body, app.dicom_limits)
+        study_uid, sop_uid = summary.study_instance_uid, summary.sop_instance_uid
         with app.pool.connection() as conn, conn.transaction():
             claim_study(conn, study_uid, request.caller.organization_id)
         try:

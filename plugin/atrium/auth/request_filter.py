@@ -125,6 +125,10 @@ class RequestFilter:
             log.exception("filter.failed method=%s", method)
             return False
 
+    def is_internal(self, ip: str, headers: Mapping[str, str]) -> bool:
+        """Whether a request is Atrium's own call (lower-case header names)."""
+        return is_internal_call(headers, ip, self._secret)
+
     def _decide(self, uri: str, method: str, ip: str, headers: Mapping[str, str]) -> bool:
         if is_internal_call(headers, ip, self._secret):
             return True

@@ -19,22 +19,19 @@ private root that only Atrium's internal credential reaches, and the public root
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
-
-import pydicom
-from pydicom.errors import InvalidDicomError
 
 from atrium.api.http import Request, Response, problem_response
 from atrium.assignments import claim_study
 from atrium.auth.guard import AuthGuard, Caller
 from atrium.auth.principal import Permission
 from atrium.auth.request_audit import audit_event, recorded_or_withheld
+from atrium.dicom.scan import DEFAULT_LIMITS, DicomLimits, UnsafeDicom, scan
 from atrium.dicomweb.forward import Forwarded, PluginForwarder
 from atrium.dicomweb.qido import (
     MAX_LIMIT,
@@ -85,42 +82,56 @@ def _study_uid_of(answer_item: Mapping[str, Any]) -> str | None:
     return str(values[0]) if values else None
 
 
-def _multipart_parts(body: bytes, content_type: str) -> list[bytes]:
-    """The payloads of a ``multipart/related`` body."""
+@dataclass(frozen=True)
+class _Part:
+    headers: bytes  # the part's header block, as sent
+    payload: bytes
+
+
+def _multipart_parts(body: bytes, content_type: str) -> tuple[bytes, list[_Part]]:
+    """The boundary and the parts of a ``multipart/related`` body."""
     match = re.search(r'boundary="?([^";]+)"?', content_type)
     if not content_type.lower().startswith("multipart/related") or not match:
         raise UnsupportedMediaType("STOW-RS takes multipart/related; type=\"application/dicom\" "
                                    "with a boundary.")
-    delimiter = b"--" + match.group(1).encode()
+    boundary = match.group(1).encode()
     parts = []
-    for chunk in body.split(delimiter)[1:]:
+    for chunk in body.split(b"--" + boundary)[1:]:
         if chunk.startswith(b"--"):
             break
-        _headers, _, payload = chunk.partition(b"\r\n\r\n")
-        parts.append(payload.removesuffix(b"\r\n"))
-    return parts
+        headers, _, payload = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        parts.append(_Part(headers, payload.removesuffix(b"\r\n")))
+    return boundary, parts
 
 
-def _stow_study_uids(parts: list[bytes]) -> set[str]:
-    """The StudyInstanceUIDs of the DICOM parts (unreadable parts are left for the
-    plugin to refuse in its answer)."""
-    uids = set()
-    for payload in parts:
-        try:
-            dataset = pydicom.dcmread(io.BytesIO(payload), stop_before_pixels=True, force=True,
-                                      specific_tags=["StudyInstanceUID"])
-        except (InvalidDicomError, ValueError, TypeError, EOFError, OSError):
-            continue
-        uid = str(getattr(dataset, "StudyInstanceUID", "") or "").strip()
-        if uid:
-            uids.add(uid)
-    return uids
+def _multipart_body(boundary: bytes, parts: list[_Part]) -> bytes:
+    out = [b"--" + boundary + b"\r\n" + p.headers + b"\r\n\r\n" + p.payload + b"\r\n"
+           for p in parts]
+    return b"".join(out) + b"--" + boundary + b"--\r\n"
+
+
+# PS3.18 STOW-RS: FailedSOPSequence items, FailureReason 0xC000 "cannot understand".
+_FAILED_SOP_SEQUENCE, _FAILURE_REASON = "00081198", "00081197"
+_REFERENCED_SOP_CLASS, _REFERENCED_SOP_INSTANCE = "00081150", "00081155"
+_CANNOT_UNDERSTAND = 0xC000
+
+
+def _failure_item(refused: UnsafeDicom) -> dict[str, Any]:
+    summary = refused.summary
+    item: dict[str, Any] = {_FAILURE_REASON: {"vr": "US", "Value": [_CANNOT_UNDERSTAND]}}
+    if summary is not None and summary.sop_class_uid:
+        item[_REFERENCED_SOP_CLASS] = {"vr": "UI", "Value": [summary.sop_class_uid[:64]]}
+    if summary is not None and summary.sop_instance_uid:
+        item[_REFERENCED_SOP_INSTANCE] = {"vr": "UI", "Value": [summary.sop_instance_uid[:64]]}
+    return item
 
 
 class DicomWebGateway:
     def __init__(self, guard: AuthGuard, connect: Callable[[], Any], forward: PluginForwarder,
-                 *, public_root: str, plugin_root: str) -> None:
+                 *, public_root: str, plugin_root: str,
+                 limits: DicomLimits = DEFAULT_LIMITS) -> None:
         self._guard = guard
+        self._limits = limits
         self._connect = connect
         self._forward = forward
         self._public_root = public_root.encode()
@@ -216,18 +227,63 @@ class DicomWebGateway:
 
     # -- STOW-RS -------------------------------------------------------------------
     def _store(self, caller: Caller, request: Request, target_uid: str | None) -> _Answer:
+        """STOW-RS: every part scanned before anything parses it. Refused parts
+        become FailedSOPSequence items (0xC000) of the answer — 409 when none is
+        left to store, 202 when some were stored — and never reach Orthanc."""
         if not caller.can(Permission.UPLOAD):
             raise Forbidden("Storing instances needs the upload permission (clinician, admin).")
-        parts = _multipart_parts(request.body, request.headers.get("content-type", ""))
+        boundary, parts = _multipart_parts(request.body, request.headers.get("content-type", ""))
         if not parts:
             raise BadRequest("The STOW-RS body holds no part.")
-        uids = _stow_study_uids(parts) | ({target_uid} if target_uid else set())
+        accepted: list[_Part] = []
+        failures: list[dict[str, Any]] = []
+        reasons: list[str] = []
+        uids = {target_uid} if target_uid else set()
+        for part in parts:
+            try:
+                summary = scan(part.payload, self._limits)
+            except UnsafeDicom as refused:
+                log.warning("dicomweb.stow_refused reason=%r", str(refused))
+                failures.append(_failure_item(refused))
+                reasons.append(str(refused))
+                continue
+            accepted.append(part)
+            uids.add(summary.study_instance_uid)
+        # PS3.18 lets a STOW answer explain itself in Warning headers; the failure
+        # items only carry a code.
+        warning = {"Warning": "299 atrium " + json.dumps(
+            f"{len(reasons)} part(s) refused; the first: {reasons[0]}"[:1000])} if reasons else {}
+        if not accepted:
+            refusal = json.dumps({_FAILED_SOP_SEQUENCE: {"vr": "SQ", "Value": failures}})
+            return _Answer(Response(409, refusal.encode(), DICOM_JSON, headers=warning))
         with self._connect() as conn, conn.transaction():
             for uid in sorted(uids):
                 claim_study(conn, uid, caller.organization_id)
+        body = request.body if not failures else _multipart_body(boundary, accepted)
         forwarded = self._forward("POST", request.path, dict(request.query), request.headers,
-                                  request.body)
-        return _Answer(self._relay(forwarded))
+                                  body)
+        if not failures:
+            return _Answer(self._relay(forwarded))
+        answer = self._with_failures(forwarded, failures)
+        return _Answer(replace(answer, headers=warning))
+
+    def _with_failures(self, forwarded: Forwarded, failures: list[dict[str, Any]]) -> Response:
+        """The plugin's STOW answer for the parts it was given, with the refused parts
+        added to its FailedSOPSequence; 202 (some stored, some not)."""
+        try:
+            answer = json.loads(forwarded.body) if forwarded.body.strip() else {}
+        except ValueError:
+            answer = {}
+        if not isinstance(answer, dict):
+            answer = {}
+        failed = answer.setdefault(_FAILED_SOP_SEQUENCE, {"vr": "SQ", "Value": []})
+        failed.setdefault("Value", []).extend(failures)
+        status = forwarded.status if forwarded.status >= 400 else 202
+        return self._json_object(answer, status)
+
+    def _json_object(self, answer: dict[str, Any], status: int) -> Response:
+        body = json.dumps(answer, separators=(",", ":")).encode()
+        return Response(status, body.replace(self._plugin_root, self._public_root), DICOM_JSON)
 
     # -- answers -------------------------------------------------------------------
     def _json_list(self, forwarded: Forwarded) -> list[dict[str, Any]]:

@@ -35,6 +35,7 @@ from atrium.mirror.extract import (
     tag_path,
 )
 from atrium.mirror.orthanc_index import InstanceFacts, OrthancIndex
+from atrium.mirror.quarantine import InstanceGuard
 from atrium.mirror.writer import LEVELS, MirrorWriter
 from atrium.orthanc_api import OrthancApi, OrthancError, iter_changes
 
@@ -52,7 +53,7 @@ OrganizationResolver = Callable[[dict[str, Any]], str]
 """Orthanc's metadata of an instance (``RemoteAET``, ``Origin``...) → organization name."""
 
 
-Outcome = InstanceRecord | str  # a record, "gone" or "rejected"
+Outcome = InstanceRecord | str  # a record, "gone", "rejected" or "quarantined"
 
 
 @dataclass
@@ -60,12 +61,15 @@ class FetchResult:
     records: list[InstanceRecord]
     gone: int = 0
     rejected: int = 0
+    quarantined: int = 0
 
     def add(self, outcome: Outcome) -> FetchResult:
         if isinstance(outcome, InstanceRecord):
             self.records.append(outcome)
         elif outcome == "gone":
             self.gone += 1
+        elif outcome == "quarantined":
+            self.quarantined += 1
         else:
             self.rejected += 1
         return self
@@ -74,6 +78,7 @@ class FetchResult:
         self.records.extend(other.records)
         self.gone += other.gone
         self.rejected += other.rejected
+        self.quarantined += other.quarantined
 
 
 class SeriesHeaders:
@@ -109,9 +114,11 @@ class Mirror:
 
     def __init__(self, api: OrthancApi, writer: MirrorWriter,
                  organization_for: OrganizationResolver, batch_size: int = 500,
-                 fetch_workers: int = 1, index: OrthancIndex | None = None) -> None:
+                 fetch_workers: int = 1, index: OrthancIndex | None = None,
+                 guard: InstanceGuard | None = None) -> None:
         self.api = api
         self.index = index
+        self.guard = guard
         self.writer = writer
         self.organization_for = organization_for
         self.batch_size = batch_size
@@ -197,9 +204,17 @@ class Mirror:
 
     def _one_file(self, instance_id: str, facts: InstanceFacts | None
                   ) -> tuple[Outcome, dict[str, Any] | None]:
-        """One instance read from its file: (record, "gone" or "rejected"; its tags)."""
+        """One instance read from its file: (record, "gone", "rejected" or
+        "quarantined"; its tags). Orthanc parses the file only once the guard has
+        admitted it, and under the guard's crash memory."""
         try:
-            tags = self.file_tags(instance_id)
+            if self.guard is None:
+                tags = self.file_tags(instance_id)
+            elif not self.guard.admit(instance_id):
+                return "quarantined", None
+            else:
+                with self.guard.parsing(instance_id):
+                    tags = self.file_tags(instance_id)
             if facts is None:
                 base = f"/instances/{instance_id}"
                 size = int(self.api.get_json(base).get("FileSize", 0))

@@ -1,0 +1,1 @@
+"""DICOM files as Atrium meets them at its edges: bounded scans before any parser."""

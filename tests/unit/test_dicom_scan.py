@@ -1,0 +1,200 @@
+"""The bounded scan every DICOM file meets before a parser sees it
+(:mod:`atrium.dicom.scan`), and the upload admission built on it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import struct
+import sys
+import warnings
+import zipfile
+import zlib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.data import get_testdata_file, get_testdata_files
+
+from atrium.dicom.admission import admit_upload
+from atrium.dicom.scan import DicomLimits, UnsafeDicom, scan, scan_stream
+from atrium.errors import RefusedDicom
+from tests.support import hostile
+
+warnings.filterwarnings("ignore", module="pydicom")
+
+REFUSED = {
+    "nested_sequences": "nest deeper than 64",
+    "truncated": "past the end of the file",
+    "length_beyond_file": "past the end of the file",
+    "wrong_vr": "'ZZ'",
+    "odd_binary_length": "not a multiple of 2",
+    "huge_pixel_matrix": "over the limit",
+    "invalid_uids": "not a valid UID",
+    "header_without_dataset": "no dataset",
+    "empty": "empty",
+    "not_dicom": "not a DICOM Part 10 file",
+}
+
+
+@pytest.mark.parametrize(("name", "words"), sorted(REFUSED.items()))
+def test_each_hostile_file_is_refused_with_a_reason(name: str, words: str) -> None:
+    blob = hostile.CORPUS[name]()
+    with pytest.raises(UnsafeDicom, match=words):
+        scan(blob)
+
+
+def test_an_unknown_character_set_is_no_reason_to_refuse() -> None:
+    summary = scan(hostile.invalid_character_set())
+    assert summary.sop_instance_uid and summary.depth == 0
+
+
+def _part10_testdata() -> list[str]:
+    files = []
+    for path in get_testdata_files("*"):
+        if not os.path.isfile(path):
+            continue
+        with open(path, "rb") as handle:
+            if handle.read(132)[128:132] == b"DICM":
+                files.append(path)
+    return sorted(files)
+
+
+# pydicom's own files that really are broken: truncated values, no transfer syntax.
+BROKEN = {"MR_truncated.dcm", "rtplan_truncated.dcm", "meta_missing_tsyntax.dcm"}
+
+
+def test_every_valid_part10_file_pydicom_ships_is_admitted() -> None:
+    """Real encodings: implicit and explicit VR, big endian, deflated, encapsulated
+    pixel data, private and UN sequences, implicit VR written under an explicit
+    transfer syntax."""
+    files = _part10_testdata()
+    assert len(files) > 50
+    for path in files:
+        name = os.path.basename(path)
+        data = Path(path).read_bytes()
+        if name in BROKEN:
+            with pytest.raises(UnsafeDicom):
+                scan(data, require_uids=False)
+        else:
+            scan(data, require_uids=False)
+
+
+def _nested(depth: int, defined: bool) -> bytes:
+    """A dataset holding one sequence nested ``depth`` deep, with defined or undefined
+    lengths (explicit VR little endian)."""
+    inner = b""
+    for _ in range(depth):
+        if defined:
+            item = struct.pack("<HHI", 0xFFFE, 0xE000, len(inner)) + inner
+            inner = struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, len(item)) + item
+        else:
+            inner = (struct.pack("<HH2sHI", 0x0040, 0xA730, b"SQ", 0, 0xFFFFFFFF)
+                     + struct.pack("<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF) + inner
+                     + struct.pack("<HHI", 0xFFFE, 0xE00D, 0)
+                     + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0))
+    blob = hostile.ordinary("NESTED")
+    at = blob.find(struct.pack("<HH", 0x7FE0, 0x0010), 132)
+    return blob[:at] + inner + blob[at:]
+
+
+@pytest.mark.parametrize("defined", [True, False])
+def test_depth_is_counted_with_either_kind_of_length(defined: bool) -> None:
+    assert scan(_nested(64, defined)).depth == 64
+    with pytest.raises(UnsafeDicom, match="nest deeper than 64"):
+        scan(_nested(65, defined))
+
+
+def test_depth_costs_no_stack() -> None:
+    """200,000 levels walked with the recursion limit far below them."""
+    blob = _nested(200_000, defined=False)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(200)
+    try:
+        assert scan(blob, DicomLimits(max_depth=10**6)).depth == 200_000
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def test_too_many_elements_are_refused() -> None:
+    with pytest.raises(UnsafeDicom, match="more than 10 elements"):
+        scan(hostile.ordinary(), DicomLimits(max_elements=10))
+
+
+def test_a_file_over_the_size_limit_is_refused() -> None:
+    blob = hostile.ordinary()
+    with pytest.raises(UnsafeDicom, match="over the limit"):
+        scan(blob, DicomLimits(max_bytes=len(blob) - 1))
+
+
+def test_pixels_fewer_than_declared_are_refused() -> None:
+    blob = hostile.ordinary("SHORT", Rows=64, Columns=64)  # 16 x 16 pixels of data
+    with pytest.raises(UnsafeDicom, match="declares 8,192 bytes of pixels but holds 512"):
+        scan(blob)
+
+
+def test_the_uids_and_shape_are_read_on_the_way() -> None:
+    path = get_testdata_file("CT_small.dcm")
+    summary = scan(Path(path).read_bytes())
+    assert summary.study_instance_uid.startswith("1.3.6.1.4.1.5962")
+    assert summary.image == {"samples": 1, "rows": 128, "columns": 128, "bits_allocated": 16}
+
+
+def test_a_refusal_carries_what_was_learnt_before_it() -> None:
+    with pytest.raises(UnsafeDicom) as refused:
+        scan(hostile.nested_sequences())
+    assert refused.value.summary is not None
+    assert refused.value.summary.sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
+
+
+def test_a_deflate_bomb_stops_at_the_size_limit() -> None:
+    blob = hostile.ordinary()
+    meta_end = 144 + struct.unpack("<I", blob[140:144])[0]
+    meta = blob[:meta_end].replace(b"1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.1.99")
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    bomb = compressor.compress(b"\x00" * 50_000_000) + compressor.flush()
+    with pytest.raises(UnsafeDicom, match="inflates past"):
+        scan(meta + bomb, DicomLimits(max_bytes=10_000_000))
+
+
+def test_a_stream_reads_as_the_bytes_do() -> None:
+    data = Path(get_testdata_file("emri_small_jpeg_2k_lossless.dcm")).read_bytes()
+    stream = io.BytesIO(data)
+    assert scan_stream(stream.read, len(data)) == scan(data)
+    with pytest.raises(UnsafeDicom, match="truncated|past the end"):
+        scan_stream(io.BytesIO(data[:-100]).read, None)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_damaged_bytes_meet_a_refusal_never_another_error(data: st.DataObject) -> None:
+    """Any cut, flipped byte or spliced garbage: the scan answers or refuses — never
+    struct.error, UnicodeDecodeError, a loop or a recursion."""
+    blob = bytearray(_nested(3, defined=data.draw(st.booleans())))
+    for _ in range(data.draw(st.integers(1, 8))):
+        at = data.draw(st.integers(0, len(blob) - 1))
+        blob[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(blob)))
+    with contextlib.suppress(UnsafeDicom):
+        scan(bytes(blob[:cut]), require_uids=data.draw(st.booleans()))
+
+
+def test_a_zip_upload_is_refused_whole_when_one_file_is_hostile() -> None:
+    good = hostile.ordinary()
+
+    def archive(*blobs: bytes) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
+            for n, blob in enumerate(blobs):
+                zipped.writestr(f"dir/{n}.dcm", blob)
+        return buffer.getvalue()
+
+    assert len(admit_upload(archive(good, good))) == 2
+    with pytest.raises(RefusedDicom, match=r"'dir/1.dcm' of the ZIP archive was refused"):
+        admit_upload(archive(good, hostile.nested_sequences()))
+    with pytest.raises(RefusedDicom, match="nest deeper"):
+        admit_upload(hostile.nested_sequences())
+    with pytest.raises(RefusedDicom, match="cannot be read"):
+        admit_upload(b"PK\x03\x04" + b"\x00" * 100)
