@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -78,6 +79,9 @@ def start(root: Path, cluster: LocalCluster, name: str, with_atrium: bool
         python_script=REPO_ROOT / "plugin" / "atrium_entry.py", with_atrium=with_atrium)
     config["DicomModalities"] = {"bench": [WORKSTATION, "127.0.0.1", free_port()]}
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
+    # DCMTK reads TCP_NODELAY from the environment; without it each response waits
+    # on a delayed ACK, a floor shared by both SCPs that hides their difference.
+    env["TCP_NODELAY"] = "1"
     process = OrthancProcess(workdir, config, env)
     process.start()
     return process, dicom_port, database_url
@@ -151,6 +155,10 @@ def run_queries(port: int, plan: dict[str, list[dict[str, str]]], repeats: int
     assoc = ae.associate("127.0.0.1", port, ae_title="ATRIUM")
     if not assoc.is_established:
         raise SystemExit(f"association to port {port} refused")
+    # pynetdicom writes a request's command and dataset in separate sends; with
+    # Nagle's algorithm on, the second waits for a delayed ACK (~40 ms) and every
+    # query, to either SCP, would sit on that floor.
+    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     samples: dict[str, list[float]] = {kind: [] for kind in plan}
     answers: dict[str, int] = {kind: 0 for kind in plan}
     try:

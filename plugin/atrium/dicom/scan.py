@@ -188,13 +188,18 @@ class _Source:
 
 class _Frame:
     """An open sequence, item or run of pixel fragments: its end offset (None:
-    undefined length, closed by a delimiter), how its elements are encoded, and
-    how many sequences deep it sits."""
+    undefined length, closed by a delimiter), how its elements are encoded, how
+    many sequences deep it sits, and the innermost frame around it (itself
+    included) whose length is defined — what no element inside may run past, known
+    without walking the stack."""
 
-    __slots__ = ("kind", "end", "explicit", "tag", "depth")
+    __slots__ = ("kind", "end", "explicit", "tag", "depth", "bound")
 
-    def __init__(self, kind: str, end: int | None, explicit: bool, tag: int, depth: int) -> None:
+    def __init__(self, kind: str, end: int | None, explicit: bool, tag: int, depth: int,
+                 parent: _Frame | None) -> None:
         self.kind, self.end, self.explicit, self.tag, self.depth = kind, end, explicit, tag, depth
+        self.bound: _Frame | None = self if end is not None else (
+            parent.bound if parent is not None else None)
 
 
 _LE_TAG_LENGTH = struct.Struct("<HHI")
@@ -287,12 +292,10 @@ class _Walker:
             raise UnsafeDicom(f"{_tag_text(tag)} declares {length} bytes at offset "
                               f"{self.src.offset}, past the end of the file "
                               f"({self.src.size} bytes).")
-        for frame in reversed(stack):
-            if frame.end is not None:
-                if end > frame.end:
-                    raise UnsafeDicom(f"{_tag_text(tag)} declares {length} bytes, past the end "
-                                      f"of the {frame.kind} of {_tag_text(frame.tag)}.")
-                break
+        bound = stack[-1].bound if stack else None
+        if bound is not None and bound.end is not None and end > bound.end:
+            raise UnsafeDicom(f"{_tag_text(tag)} declares {length} bytes, past the end "
+                              f"of the {bound.kind} of {_tag_text(bound.tag)}.")
         return end
 
     def _push(self, stack: list[_Frame], kind: str, tag: int, length: int,
@@ -303,7 +306,7 @@ class _Walker:
                               f"(at {_tag_text(tag)}, offset {self.src.offset}).")
         self.summary.depth = max(self.summary.depth, depth)
         end = None if length == UNDEFINED else self._end_of(stack, length, tag)
-        stack.append(_Frame(kind, end, explicit, tag, depth))
+        stack.append(_Frame(kind, end, explicit, tag, depth, stack[-1] if stack else None))
 
     def _in_sequence(self, stack: list[_Frame], frame: _Frame, tag: int, length: int) -> None:
         if tag == _SEQUENCE_END:
@@ -345,8 +348,7 @@ class _Walker:
             raise UnsafeDicom(f"{_tag_text(tag)} ({vr.decode()}) has {length} bytes, not a "
                               f"multiple of {size}.")
         if stack:
-            if stack[-1].end is not None or self.src.size is not None:
-                self._end_of(stack, length, tag)
+            self._end_of(stack, length, tag)
             self.src.skip(length, tag)
             return
         self._top_level(tag, length)

@@ -9,13 +9,16 @@ hold is returned with zero length, as PS3.4 asks. Answers are encoded in UTF-8
 
 from __future__ import annotations
 
-import io
-import warnings
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pydicom import config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.sequence import Sequence
 from pydicom.uid import UID, ExplicitVRLittleEndian
 
@@ -99,26 +102,39 @@ def _typed(vr: str, value: str | None) -> Any:
     return value
 
 
+@functools.cache
+def _file_head() -> bytes:
+    """Preamble and file meta group, the same for every answer: written once."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(STUDY_ROOT_FIND)
+    meta.MediaStorageSOPInstanceUID = UID(_ANSWER_INSTANCE_UID)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    head = DicomBytesIO()
+    head.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(head, meta, enforce_standard=True)
+    return head.getvalue()
+
+
+@functools.cache
+def _tag_and_vr(keyword: str) -> tuple[int, str] | None:
+    tag = tag_for_keyword(keyword)
+    return None if tag is None else (tag, dictionary_VR(tag).split(" or ")[0])
+
+
 def answer_dataset(values: Mapping[str, str | None]) -> bytes:
-    """The answer as a DICOM file in memory, as Orthanc's ``FindAddAnswer`` takes it."""
+    """The answer as a DICOM file in memory, as Orthanc's ``FindAddAnswer`` takes it.
+    Elements are built without pydicom's value validation — a modality's odd value
+    (an IS with a fraction, say) goes back as it came — and only the dataset is
+    encoded per answer: a large C-FIND answers hundreds of these."""
     ds = Dataset()
-    with warnings.catch_warnings():
-        # A modality's odd value (an IS with a fraction, say) goes back as it came.
-        warnings.simplefilter("ignore")
-        for keyword, value in values.items():
-            tag = tag_for_keyword(keyword)
-            if tag is None:
-                continue
-            vr = dictionary_VR(tag).split(" or ")[0]
-            if vr == "SQ":
-                ds.add_new(tag, vr, Sequence([]))
-            else:
-                ds.add_new(tag, vr, _typed(vr, value))
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(STUDY_ROOT_FIND)
-        meta.MediaStorageSOPInstanceUID = UID(_ANSWER_INSTANCE_UID)
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta = meta
-        buffer = io.BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    for keyword, value in values.items():
+        known = _tag_and_vr(keyword)
+        if known is None:
+            continue
+        tag, vr = known
+        typed = Sequence([]) if vr == "SQ" else _typed(vr, value)
+        ds[tag] = DataElement(tag, vr, typed, validation_mode=config.IGNORE)
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    return _file_head() + body.getvalue()
