@@ -40,10 +40,8 @@ _use_venv()
 
 import orthanc  # noqa: E402
 
-from atrium.api.http import Request, Response, problem_response  # noqa: E402
+from atrium.api.http import Request, Response  # noqa: E402
 from atrium.app import Atrium  # noqa: E402
-from atrium.dicom.admission import admit_upload  # noqa: E402
-from atrium.errors import BadRequest, RefusedDicom  # noqa: E402
 from atrium.orthanc_api import SdkOrthancApi  # noqa: E402
 from atrium.settings import PUBLIC_DICOMWEB_ROOT, SettingsError, load_settings  # noqa: E402
 
@@ -243,44 +241,3 @@ orthanc.RegisterRestCallback("/modalities/([^/]+)", on_modality)
 orthanc.RegisterIncomingHttpRequestFilter(incoming_request_filter)
 orthanc.RegisterRestCallback("/api/(.*)", on_api)
 orthanc.RegisterRestCallback(PUBLIC_DICOMWEB_ROOT + "(.*)", on_dicomweb)
-
-
-
-def on_instances(output: object, uri: str, **request: object) -> None:
-    """Intervention: Orthanc's own ``/instances``, which Atrium serves in front of
-    Orthanc's built-in route. Orthanc 1.10 parses an upload by recursion on this
-    HTTP thread, and one hostile file (sequences nested thousands deep) kills the
-    process; so an upload is scanned first (:mod:`atrium.dicom.admission`) and
-    refused with a 400 problem when it must not be parsed. Atrium's own calls are
-    scanned where they come from. What passes goes to the built-in route through
-    the SDK, which never comes back here — so Orthanc records these instances'
-    ``Origin`` as ``Plugins``, not ``RestApi``."""
-    method = str(request.get("method", "GET"))
-    if method == "POST":
-        body = request.get("body") or b""
-        body = body if isinstance(body, bytes) else str(body).encode()
-        headers = {str(k).lower(): str(v) for k, v in dict(request.get("headers") or {}).items()}
-        if not _app.request_filter.is_internal(getattr(_client, "ip", ""), headers):
-            try:
-                admit_upload(body, _app.dicom_limits)
-            except RefusedDicom as refused:
-                _answer(output, problem_response(refused))
-                return
-        try:
-            stored = orthanc.RestApiPost("/instances", body)
-        except orthanc.OrthancException as error:
-            _answer(output, problem_response(RefusedDicom(f"Orthanc refused the file: {error}")))
-            return
-        _answer(output, Response(200, stored, "application/json"))
-        return
-    arguments = dict(request.get("get") or {})  # as sent: Orthanc hands them over undecoded
-    query = "&".join(f"{k}={v}" if v else str(k) for k, v in arguments.items())
-    try:
-        listed = orthanc.RestApiGet(uri + ("?" + query if query else ""))
-    except orthanc.OrthancException as error:
-        _answer(output, problem_response(BadRequest(f"Orthanc refused the listing: {error}")))
-        return
-    _answer(output, Response(200, listed, "application/json"))
-
-
-orthanc.RegisterRestCallback("/instances", on_instances)

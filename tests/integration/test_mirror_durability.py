@@ -167,5 +167,5 @@ def test_without_orthancs_index_the_mirror_reads_everything_through_rest(
     under_test.wait_caught_up()
     assert under_test.scalar("SELECT count(*) FROM instances WHERE deleted_at IS NULL "
                              "AND file_size_bytes > 0 AND metadata->'orthanc'->>'Origin' = "
-                             "'Plugins'") == len(blobs)
+                             "'RestApi'") == len(blobs)
     assert_verify_clean(under_test)

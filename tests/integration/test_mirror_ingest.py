@@ -112,8 +112,7 @@ def test_rest_upload_mirrors_every_level_with_its_tags(atrium: AtriumUnderTest) 
     assert instance[0] == 1 and instance[1] == len(blobs[0])
     assert instance[2] == "10:16:00.5"
     assert instance[3]["tags"]["SOPInstanceUID"] == sop_uids(blobs)[0]
-    # Atrium stores REST uploads for Orthanc once scanned (atrium_entry.on_instances).
-    assert instance[3]["orthanc"]["Origin"] == "Plugins"
+    assert instance[3]["orthanc"]["Origin"] == "RestApi"
     assert "PixelData" not in instance[3]["tags"]
 
 

@@ -73,8 +73,9 @@ def serve_once(env: dict[str, str], log: Path, own_server: LocalCluster | None =
         assert requests.get(f"http://127.0.0.1:{http}/instances",
                             timeout=10).status_code == 403  # Orthanc's API: tokens only
         blob = make_study(StudySpec(patient_id=f"RUN-{http}", series=1, instances_per_series=1))[0]
-        assert requests.post(f"http://127.0.0.1:{http}/instances", data=blob, headers=auth,
-                             timeout=30).status_code == 200
+        assert requests.post(f"http://127.0.0.1:{http}/api/instances", data=blob,
+                             headers={**auth, "Content-Type": "application/dicom"},
+                             timeout=30).status_code == 201
         wait_until(lambda: requests.get(f"http://127.0.0.1:{http}/api/mirror/status",
                                         headers=auth,
                                         timeout=10).json()["mirror"]["instances"] >= 1,

@@ -8,7 +8,6 @@ import io
 import struct
 import sys
 import warnings
-import zipfile
 import zlib
 from pathlib import Path
 
@@ -18,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
-from atrium.dicom.admission import admit_upload
+from atrium.auth.request_filter import is_native_upload
+from atrium.dicom.admission import admit_file
 from atrium.dicom.scan import DicomLimits, UnsafeDicom, scan, scan_stream
 from atrium.errors import RefusedDicom
 from tests.support import hostile
@@ -194,20 +194,18 @@ def test_damaged_bytes_meet_a_refusal_never_another_error(data: st.DataObject) -
         scan(bytes(blob[:cut]), require_uids=data.draw(st.booleans()))
 
 
-def test_a_zip_upload_is_refused_whole_when_one_file_is_hostile() -> None:
-    good = hostile.ordinary()
+def test_an_upload_is_admitted_or_refused_with_the_reason() -> None:
+    assert admit_file(hostile.ordinary()).sop_instance_uid
+    with pytest.raises(RefusedDicom, match="refused: Sequences nest deeper"):
+        admit_file(hostile.nested_sequences())
 
-    def archive(*blobs: bytes) -> bytes:
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zipped:
-            for n, blob in enumerate(blobs):
-                zipped.writestr(f"dir/{n}.dcm", blob)
-        return buffer.getvalue()
 
-    assert len(admit_upload(archive(good, good))) == 2
-    with pytest.raises(RefusedDicom, match=r"'dir/1.dcm' of the ZIP archive was refused"):
-        admit_upload(archive(good, hostile.nested_sequences()))
-    with pytest.raises(RefusedDicom, match="nest deeper"):
-        admit_upload(hostile.nested_sequences())
-    with pytest.raises(RefusedDicom, match="cannot be read"):
-        admit_upload(b"PK\x03\x04" + b"\x00" * 100)
+@pytest.mark.parametrize(("uri", "method", "upload"), [
+    ("/instances", "POST", True), ("/instances/", "POST", True), ("//instances", "POST", True),
+    ("/./instances", "POST", True), ("/%69nstances", "POST", True),
+    ("/instances?x=1", "POST", True), ("/instances", "GET", False),
+    ("/instances/abc/modify", "POST", False), ("/api/instances", "POST", False),
+])
+def test_orthancs_own_upload_is_recognised_in_every_spelling(uri: str, method: str,
+                                                             upload: bool) -> None:
+    assert is_native_upload(uri, method) is upload

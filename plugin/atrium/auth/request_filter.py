@@ -23,6 +23,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from atrium.auth.audit import record
 from atrium.auth.guard import AuthGuard, Caller
@@ -33,7 +34,8 @@ from atrium.errors import ApiError, Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OrthancScope", "RequestFilter", "RouteKind", "orthanc_scope", "route_kind"]
+__all__ = ["OrthancScope", "RequestFilter", "RouteKind", "is_native_upload", "orthanc_scope",
+           "route_kind"]
 
 
 class RouteKind(enum.Enum):
@@ -101,6 +103,19 @@ def route_kind(uri: str, dicomweb_root: str, plugin_root: str) -> RouteKind:
     return RouteKind.ORTHANC
 
 
+def is_native_upload(uri: str, method: str) -> bool:
+    """Whether a request is Orthanc's own upload (``POST /instances``), in any of the
+    spellings Orthanc routes there (``//instances``, ``/instances/``, ``/%69nstances``...).
+
+    Orthanc 1.10 parses an upload by recursion on its HTTP thread, and one hostile
+    file (sequences nested thousands deep) kills the process before any plugin can
+    look at it; so only Atrium's own calls, which scan first, may use it."""
+    if method != "POST":
+        return False
+    segments = [s for s in unquote(uri.split("?", 1)[0]).split("/") if s not in ("", ".")]
+    return segments == ["instances"]
+
+
 class RequestFilter:
     """``allow(uri, method, ip, headers)``: never raises (an exception in Orthanc's
     filter is a 500); any failure refuses."""
@@ -125,10 +140,6 @@ class RequestFilter:
             log.exception("filter.failed method=%s", method)
             return False
 
-    def is_internal(self, ip: str, headers: Mapping[str, str]) -> bool:
-        """Whether a request is Atrium's own call (lower-case header names)."""
-        return is_internal_call(headers, ip, self._secret)
-
     def _decide(self, uri: str, method: str, ip: str, headers: Mapping[str, str]) -> bool:
         if is_internal_call(headers, ip, self._secret):
             return True
@@ -148,6 +159,9 @@ class RequestFilter:
             caller = self._guard.caller(headers.get("authorization"))
             if not caller.can(Permission.ORTHANC_ADMIN):
                 raise Forbidden("Orthanc's own API is for administrators")
+            if is_native_upload(uri, method):
+                raise Forbidden("Upload through POST /api/instances or STOW-RS, which scan "
+                                "each file before Orthanc parses it")
             self._confine(caller, uri)
             status = 200
         except ApiError as error:
