@@ -46,11 +46,6 @@ def nested_sequences(depth: int = 5000, patient_id: str = "HOSTILE-NESTED") -> b
     return blob[:at] + nested + blob[at:]
 
 
-def _replace_once(blob: bytes, old: bytes, new: bytes) -> bytes:
-    assert blob.count(old) == 1, f"{old!r} found {blob.count(old)} times"
-    return blob.replace(old, new)
-
-
 def _element_offset(blob: bytes, group: int, element: int) -> int:
     offset = blob.find(struct.pack("<HH", group, element), 132)
     assert offset > 0, f"({group:04x},{element:04x}) not found"
