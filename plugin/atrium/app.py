@@ -19,6 +19,7 @@ from atrium.api import (
     annotation_reports,
     audit,
     health,
+    instances,
     jobs,
     me,
     mirror_status,
@@ -28,7 +29,6 @@ from atrium.api import (
     patients,
     predictions,
     studies,
-    uploads,
     users,
 )
 from atrium.api import annotations as annotation_routes  # not `annotations`: __future__
@@ -279,7 +279,7 @@ class Atrium:
                              *patients.routes(app),
                              *studies.routes(app),
                              *jobs.routes(app),
-                             *uploads.routes(app),
+                             *instances.routes(app),
                              *audit.routes(app),
                              *models.routes(app),
                              *predictions.routes(app),
