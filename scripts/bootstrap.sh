@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what `make run` and `make test` need, once; quick when already done.
-#   - Debian packages: Orthanc and its plugins, PostgreSQL, dcmtk
+#   - Debian packages: Orthanc and its plugins, PostgreSQL, dcmtk (and Chromium
+#     with its chromedriver for the browser tests, with --test)
 #   - a venv made from the interpreter libOrthancPython.so links against,
 #     holding Atrium and its dependencies (and the test tools with --test)
 set -euo pipefail
@@ -10,6 +11,8 @@ want_test=0
 [ "${1:-}" = "--test" ] && want_test=1
 
 packages=(orthanc orthanc-python orthanc-dicomweb orthanc-postgresql postgresql dcmtk python3-venv)
+# The slide viewer's browser tests drive Debian's Chromium through its chromedriver.
+if [ $want_test -eq 1 ]; then packages+=(chromium chromium-driver); fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

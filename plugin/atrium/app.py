@@ -7,7 +7,9 @@ Nothing here runs at import time.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,11 @@ from atrium.api import (
     organizations,
     patients,
     predictions,
+    slide_annotation_reports,
+    slide_viewer,
+    slides,
     studies,
+    uploads,
     users,
 )
 from atrium.api import annotations as annotation_routes  # not `annotations`: __future__
@@ -45,6 +51,7 @@ from atrium.dicomnet.policy import AetPolicy
 from atrium.dicomnet.service import DicomNetwork
 from atrium.dicomweb.forward import PluginForwarder
 from atrium.dicomweb.gateway import DicomWebGateway
+from atrium.errors import NotFound, ServiceUnavailable
 from atrium.jobs import INTERRUPTED_ADVICE, Runner, recover_orphans
 from atrium.migrations import apply_migrations
 from atrium.mirror.backfill import backfill, needs_backfill
@@ -55,7 +62,13 @@ from atrium.mirror.verify import compare, repair
 from atrium.mirror.writer import MirrorWriter
 from atrium.orthanc_api import HttpOrthancApi, OrthancApi, OrthancError
 from atrium.settings import PUBLIC_DICOMWEB_ROOT, Settings
+from atrium.slides.ann_importer import AnnImporter
+from atrium.slides.dicom_wsi import FrameReader, open_dicom_slide
+from atrium.slides.library import SlideLibrary
+from atrium.slides.model import SlideReader
+from atrium.slides.wsi_registry import WsiRegistry
 from atrium.storage import ObjectStore, S3ObjectStore, open_store
+from atrium.uploads.store import UploadLimits, UploadStore
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +161,43 @@ def dicom_limits(settings: Settings) -> DicomLimits:
     return DicomLimits(max_depth=settings.dicom_max_depth)
 
 
+def dicom_frames(api: OrthancApi) -> FrameReader:
+    """Frames of DICOM slides as Orthanc stores them (a JPEG frame is its JPEG
+    stream). A frame Orthanc no longer has is NotFound, any other failure
+    ServiceUnavailable: neither is the "damaged file" a slide reader reports."""
+
+    def frame(orthanc_id: str, index: int) -> bytes:
+        try:
+            return api.get_bytes(f"/instances/{orthanc_id}/frames/{index}/raw")
+        except OrthancError as error:
+            if error.status == 404:
+                raise NotFound("an image of this slide is no longer in Orthanc") from error
+            raise ServiceUnavailable("Orthanc cannot be read; try again") from error
+
+    return frame
+
+
+def dicom_slides(pool: Any, api: OrthancApi) -> Callable[[uuid.UUID], SlideReader]:
+    """Opens the reader of a DICOM WSI slide from its row's metadata."""
+    frames = dicom_frames(api)
+
+    def open_slide(slide_id: uuid.UUID) -> SlideReader:
+        with pool.connection() as conn:
+            row = conn.execute("SELECT metadata FROM slides WHERE id = %s AND file_format = "
+                               "'DICOM' AND deleted_at IS NULL", (slide_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"No slide {slide_id}")
+        return open_dicom_slide(row[0], frames)
+
+    return open_slide
+
+
+def upload_limits(settings: Settings) -> UploadLimits:
+    """What a resumable upload may be."""
+    return UploadLimits(max_bytes=settings.upload_max_bytes,
+                        expiry=dt.timedelta(hours=settings.upload_expiry_hours))
+
+
 def open_settings_store(settings: Settings) -> ObjectStore:
     """The object store the settings name."""
     return open_store(settings.storage_url, s3_endpoint=settings.s3_endpoint,
@@ -209,8 +259,12 @@ class Atrium:
     dicomweb: DicomWebGateway
     orthanc_http: HttpOrthancApi  # loopback HTTP with Atrium's internal credential
     deidentifier: jobs.Deidentifier  # de-identification jobs, resumed after a restart
+    uploads: UploadStore  # resumable uploads (/api/uploads), claimed by slides
     identities: Identities | None = None  # who the tokens are (cached); see auth.guard
     sr_importer: SrImporter | None = None  # DICOM SRs arriving in Orthanc → annotations
+    wsi_registry: WsiRegistry | None = None  # DICOM WSI series in Orthanc → slides
+    ann_importer: AnnImporter | None = None  # DICOM bulk annotations in Orthanc → slides
+    slides: SlideLibrary | None = None  # open slide readers and tiles (api.slides)
     dicom: DicomNetwork | None = None  # C-FIND/C-MOVE scoped per organization; C-GET refused
     # What a DICOM file may hold before any parser sees it (atrium.dicom.scan).
     dicom_limits: DicomLimits = DEFAULT_LIMITS
@@ -223,6 +277,7 @@ class Atrium:
         mirror = build_mirror(settings, pool, reader, store=store)
         runner = Runner.for_node(settings.orthanc_http_port)
         deidentifier = jobs.Deidentifier(pool.connection, lambda: reader, runner)
+        upload_store = UploadStore(pool.connection, store, upload_limits(settings))
 
         def recover_jobs() -> None:
             """Jobs orphaned by a crash or restart: de-identification resumes, platform
@@ -242,6 +297,7 @@ class Atrium:
             if mirror.guard is not None:
                 mirror.guard.recover(mirror.file_tags)
             recover_jobs()
+            upload_store.expire()
             if needs_backfill(mirror):
                 log.info("mirror.backfill reason=first start over a non-empty Orthanc")
                 backfill(mirror, pool.connection, runner=runner)
@@ -249,6 +305,7 @@ class Atrium:
         def full_check() -> None:
             maintain(settings.owner_url)
             recover_jobs()
+            upload_store.expire()
             report = compare(reader, pool.connection)
             if not report.clean:
                 log.warning("mirror.full_check differences=%d", len(report.differences))
@@ -271,7 +328,8 @@ class Atrium:
                   DicomWebGateway(guard, pool.connection, forwarder,
                                   public_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root,
                                   limits=dicom_limits(settings)),
-                  reader, deidentifier, identities)
+                  reader, deidentifier, upload_store, identities)
+        app.slides = SlideLibrary(store, open_dicom=dicom_slides(pool, reader))
         app.router = Router([*health.routes(app), *mirror_status.routes(app),
                              *openapi.routes(app), *me.routes(app),
                              *organizations.routes(app),
@@ -284,11 +342,22 @@ class Atrium:
                              *models.routes(app),
                              *predictions.routes(app),
                              *annotation_routes.routes(app),
-                             *annotation_reports.routes(app)], guard=guard)
+                             *annotation_reports.routes(app),
+                             *slide_annotation_reports.routes(app),
+                             *uploads.routes(app),
+                             *slides.routes(app),
+                             *slide_viewer.routes(app)], guard=guard)
         app.api = AuditedApi(app.router, pool.connection)
         app.dicom = dicom_network(settings, pool)
         app.dicom_limits = dicom_limits(settings)
         app.sr_importer = SrImporter(
+            pool.connection, lambda orthanc_id: reader.get_bytes(f"/instances/{orthanc_id}/file"),
+            ready=lambda: worker.prepared)
+        app.wsi_registry = WsiRegistry(
+            pool.connection, lambda orthanc_id: reader.get_json(
+                f"/instances/{orthanc_id}/tags?simplify"), ready=lambda: worker.prepared,
+            changed=app.slides.forget)
+        app.ann_importer = AnnImporter(
             pool.connection, lambda orthanc_id: reader.get_bytes(f"/instances/{orthanc_id}/file"),
             ready=lambda: worker.prepared)
         return app
@@ -299,9 +368,17 @@ class Atrium:
             self.dicom.start()
         if self.sr_importer is not None:
             self.sr_importer.start()
+        if self.wsi_registry is not None:
+            self.wsi_registry.start()
+        if self.ann_importer is not None:
+            self.ann_importer.start()
 
     def stop(self) -> None:
         if self.sr_importer is not None:
             self.sr_importer.stop()
+        if self.wsi_registry is not None:
+            self.wsi_registry.stop()
+        if self.ann_importer is not None:
+            self.ann_importer.stop()
         self.worker.stop()
         self.pool.close()

@@ -24,6 +24,8 @@ class SettingsError(ValueError):
 
 
 _AET_RE = re.compile(r"^[\x20-\x7e]{1,16}$")
+_MiB = 1024 * 1024
+_GiB = 1024 * _MiB
 
 # setting name -> key in the ``Atrium`` configuration section
 _CONFIG_KEYS: dict[str, str] = {
@@ -48,6 +50,9 @@ _CONFIG_KEYS: dict[str, str] = {
     "ATRIUM_MIRROR_POLL_SECONDS": "MirrorPollSeconds",
     "ATRIUM_MIRROR_FULL_CHECK_SECONDS": "MirrorFullCheckSeconds",
     "ATRIUM_DICOM_MAX_DEPTH": "DicomMaxDepth",
+    "ATRIUM_UPLOAD_MAX_REQUEST_BYTES": "UploadMaxRequestBytes",
+    "ATRIUM_UPLOAD_MAX_BYTES": "UploadMaxBytes",
+    "ATRIUM_UPLOAD_EXPIRY_HOURS": "UploadExpiryHours",
 }
 
 # Orthanc's own listeners live at the top level of its configuration.
@@ -88,6 +93,13 @@ class Settings:
     # How deep DICOM sequences may nest in a file Atrium lets a parser see
     # (atrium/dicom/scan.py); deeper files are refused at the edge or quarantined.
     dicom_max_depth: int = 64
+    # The largest body of one file-upload request (a whole file, or one chunk of a
+    # resumable upload): Orthanc holds it in memory while it passes.
+    upload_max_request_bytes: int = 256 * _MiB
+    # The largest file a resumable upload may declare, and how long an upload lives
+    # after its last chunk (docs/API.md, "Uploads").
+    upload_max_bytes: int = 64 * _GiB
+    upload_expiry_hours: int = 24
     dicomweb_plugin_root: str = "/atrium-dicomweb-plugin/"
     # Migrations and partition upkeep need the schema's owner; everything else runs
     # as ``database_url``'s role, which cannot change audit rows. None: the same.
@@ -368,6 +380,14 @@ def load_settings(
         ),
         dicom_max_depth=_parse_int(
             "ATRIUM_DICOM_MAX_DEPTH", raw("ATRIUM_DICOM_MAX_DEPTH") or "64", 1, 1_000_000),
+        upload_max_request_bytes=_parse_int(
+            "ATRIUM_UPLOAD_MAX_REQUEST_BYTES",
+            raw("ATRIUM_UPLOAD_MAX_REQUEST_BYTES") or str(256 * _MiB), _MiB, 2048 * _MiB),
+        upload_max_bytes=_parse_int(
+            "ATRIUM_UPLOAD_MAX_BYTES", raw("ATRIUM_UPLOAD_MAX_BYTES") or str(64 * _GiB),
+            _MiB, 5 * 1024 * _GiB),
+        upload_expiry_hours=_parse_int(
+            "ATRIUM_UPLOAD_EXPIRY_HOURS", raw("ATRIUM_UPLOAD_EXPIRY_HOURS") or "24", 1, 24 * 365),
         dicomweb_plugin_root=dicomweb_plugin_root(config),
         database_owner_url=database_owner_url,
         orthanc_database_url=orthanc_database_url,

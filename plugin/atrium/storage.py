@@ -8,12 +8,13 @@ or bucket. Constructing a store does no I/O: call ``check()`` (and, for S3,
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -22,6 +23,7 @@ from urllib.parse import unquote, urlparse
 import certifi
 import urllib3
 from minio import Minio
+from minio.commonconfig import ComposeSource
 from minio.error import MinioException, S3Error
 from minio.helpers import check_bucket_name
 
@@ -109,8 +111,10 @@ class ReadableStream(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
-Data = bytes | ReadableStream
+Data = bytes | memoryview | ReadableStream
 OCTET_STREAM = "application/octet-stream"
+Part = tuple[str, int, int]
+"""A piece of an object for :meth:`ObjectStore.compose`: (source name, offset, length)."""
 
 
 @runtime_checkable
@@ -126,6 +130,18 @@ class ObjectStore(Protocol):
         are read (a longer stream is left unread, a shorter one raises
         :class:`StorageError`); without, to the end. The object appears whole or not
         at all: a failed put leaves the previous object intact.
+        """
+
+    def compose(
+        self, name: str, parts: Sequence[Part], content_type: str = OCTET_STREAM
+    ) -> int:
+        """Store under ``name`` the concatenation of ``parts``; return the bytes written.
+
+        Each part is ``(source name, offset, length)``: that many bytes of the source
+        object from that offset, which the source must hold (else
+        :class:`StorageError`; :class:`ObjectNotFound` for a missing source). Sources
+        are left as they are and may include ``name`` itself. Memory stays bounded
+        whatever the sizes, and the object appears whole or not at all, like ``put``.
         """
 
     def get(self, name: str) -> AbstractContextManager[ReadableStream]:
@@ -160,9 +176,27 @@ def _read_bytes(stream: ReadableStream, size: int) -> bytes:
     return bytes(chunk)
 
 
+class _ViewReader:
+    """Reads a memoryview (a file part of a request body) without copying it whole."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view.cast("B")
+        self._position = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        end = len(self._view) if size < 0 else min(len(self._view), self._position + size)
+        chunk = bytes(self._view[self._position:end])
+        self._position = end
+        return chunk
+
+
 def _as_stream(data: Data, length: int | None) -> tuple[ReadableStream, int | None]:
     if length is not None and length < 0:
         raise ValueError(f"length must be None (unknown) or >= 0, got {length}")
+    if isinstance(data, memoryview):
+        if length is not None and length != data.nbytes:
+            raise ValueError(f"length is {length} but the data has {data.nbytes} bytes")
+        return _ViewReader(data), data.nbytes
     if isinstance(data, bytes | bytearray):
         if length is not None and length != len(data):
             raise ValueError(f"length is {length} but the data has {len(data)} bytes")
@@ -173,6 +207,22 @@ def _as_stream(data: Data, length: int | None) -> tuple[ReadableStream, int | No
 def _check_range(offset: int, length: int) -> None:
     if offset < 0 or length < 0:
         raise ValueError(f"offset and length must be >= 0, got offset={offset} length={length}")
+
+
+def _checked_parts(parts: Sequence[Part]) -> list[Part]:
+    """``parts`` with every name validated and empty parts dropped."""
+    checked = []
+    for source, offset, length in parts:
+        validate_object_name(source)
+        _check_range(offset, length)
+        if length:
+            checked.append((source, offset, length))
+    return checked
+
+
+def _short_source(source: str, size: int, offset: int, length: int) -> StorageError:
+    return StorageError(f"object {source!r} has {size} bytes: it has no {length} bytes "
+                        f"from offset {offset} to compose")
 
 
 class FileObjectStore:
@@ -220,6 +270,40 @@ class FileObjectStore:
                 raise StorageError(f"cannot store object {name!r}: {exc.strerror or exc}") from exc
             raise
         logger.debug("object stored backend=file name=%s bytes=%d", name, written)
+        return written
+
+    def compose(
+        self, name: str, parts: Sequence[Part], content_type: str = OCTET_STREAM
+    ) -> int:
+        path = self._path(name)
+        checked = _checked_parts(parts)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX)
+        except OSError as exc:
+            raise StorageError(f"cannot store object {name!r}: {exc.strerror or exc}") from exc
+        try:
+            try:
+                for source, offset, length in checked:
+                    with self._open(source) as stream:
+                        size = os.fstat(stream.fileno()).st_size
+                        if offset + length > size:
+                            raise _short_source(source, size, offset, length)
+                        _append_range(stream.fileno(), fd, offset, length)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            _fsync_directory(path.parent)
+        except BaseException as exc:
+            with suppress(OSError):
+                os.unlink(tmp)
+            if isinstance(exc, OSError):
+                raise StorageError(f"cannot store object {name!r}: {exc.strerror or exc}") from exc
+            raise
+        written = sum(length for _, _, length in checked)
+        logger.debug("object composed backend=file name=%s parts=%d bytes=%d",
+                     name, len(checked), written)
         return written
 
     def _open(self, name: str) -> BinaryIO:
@@ -286,6 +370,39 @@ def _copy(stream: ReadableStream, out: BinaryIO, length: int | None) -> int:
     if length is not None and written < length:
         raise StorageError(f"the stream ended after {written} of the {length} bytes declared")
     return written
+
+
+# copy_file_range refuses some pairs of files (across filesystems on older kernels,
+# some network filesystems): the bytes then go through a bounded buffer instead.
+_NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM}
+
+
+def _append_range(source: int, out: int, offset: int, length: int) -> None:
+    """Append ``length`` bytes of ``source`` from ``offset`` at ``out``'s position.
+
+    ``copy_file_range`` moves the bytes inside the kernel (or shares blocks, on
+    filesystems that can), so a gigabyte never passes through Python.
+    """
+    done = 0
+    try:
+        while done < length:
+            copied = os.copy_file_range(source, out, length - done, offset + done)
+            if copied == 0:
+                break
+            done += copied
+    except OSError as exc:
+        if exc.errno not in _NO_COPY_FILE_RANGE:
+            raise
+        while done < length:
+            block = os.pread(source, min(_CHUNK, length - done), offset + done)
+            if not block:
+                break
+            view = memoryview(block)
+            while view:
+                view = view[os.write(out, view):]
+            done += len(block)
+    if done < length:
+        raise StorageError(f"a source object ended after {done} of the {length} bytes to compose")
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -392,6 +509,42 @@ class S3ObjectStore:
         logger.debug("object stored backend=s3 key=%s bytes=%d", key, reader.count)
         return reader.count
 
+    def compose(
+        self, name: str, parts: Sequence[Part], content_type: str = OCTET_STREAM
+    ) -> int:
+        """Server-side copy (``UploadPartCopy``) when S3 allows it — every part but
+        the last at least 5 MiB, at most 5 GiB each, at most 10,000 — else the parts
+        stream through this process into a multipart upload, a few parts at a time."""
+        key = self._key(name)
+        checked = _checked_parts(parts)
+        sizes = {source: self.size(source) for source, _, _ in checked}
+        for source, offset, length in checked:
+            if offset + length > sizes[source]:
+                raise _short_source(source, sizes[source], offset, length)
+        total = sum(length for _, _, length in checked)
+        if not _copyable_on_server(checked):
+            reader = _PartsReader(self, checked)
+            try:
+                written = self.put(name, reader, length=total, content_type=content_type)
+            finally:
+                reader.close()
+            logger.debug("object composed backend=s3 key=%s parts=%d bytes=%d by=stream",
+                         key, len(checked), written)
+            return written
+        sources = [ComposeSource(self.bucket, self._key(source), offset=offset, length=length)
+                   for source, offset, length in checked]
+        with _s3_errors("composition", name, self.bucket):
+            self.client.compose_object(self.bucket, key, sources,
+                                       metadata={"Content-Type": content_type})
+        logger.debug("object composed backend=s3 key=%s parts=%d bytes=%d by=copy",
+                     key, len(checked), total)
+        return total
+
+    def _open_range(self, name: str, offset: int, length: int) -> urllib3.BaseHTTPResponse:
+        with _s3_errors("ranged read", name, self.bucket):
+            return self.client.get_object(self.bucket, self._key(name), offset=offset,
+                                          length=length)
+
     @contextmanager
     def get(self, name: str) -> Iterator[ReadableStream]:
         with _s3_errors("download", name, self.bucket):
@@ -463,6 +616,57 @@ class S3ObjectStore:
                 if exc.code != "BucketAlreadyOwnedByYou":
                     raise
         logger.info("S3 bucket created bucket=%s", self.bucket)
+
+
+_S3_MIN_PART = 5 * _MIB
+_S3_MAX_PART = 5 * 1024 * _MIB
+_S3_MAX_PARTS = 10_000
+
+
+def _copyable_on_server(parts: Sequence[Part]) -> bool:
+    """Whether S3's UploadPartCopy can assemble ``parts`` (one copied part each)."""
+    if not parts or len(parts) > _S3_MAX_PARTS:
+        return False
+    if any(length > _S3_MAX_PART for _, _, length in parts):
+        return False
+    return all(length >= _S3_MIN_PART for _, _, length in parts[:-1])
+
+
+class _PartsReader:
+    """The concatenation of ranges of S3 objects as one stream, read one ranged GET
+    at a time: what passes through memory is what the reader asks for."""
+
+    def __init__(self, store: S3ObjectStore, parts: Sequence[Part]) -> None:
+        self._store = store
+        self._parts = iter(parts)
+        self._response: urllib3.BaseHTTPResponse | None = None
+        self._source = ""
+        self._left = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size == 0:
+            return b""
+        while self._left == 0:
+            self.close()
+            part = next(self._parts, None)
+            if part is None:
+                return b""
+            self._source, offset, self._left = part
+            self._response = self._store._open_range(self._source, offset, self._left)
+        assert self._response is not None
+        wanted = self._left if size < 0 else min(size, self._left)
+        chunk = _ResponseReader(self._response, self._source, self._store.bucket).read(
+            min(wanted, _CHUNK))
+        if not chunk:
+            raise StorageError(f"object {self._source!r} ended before the bytes to compose")
+        self._left -= len(chunk)
+        return chunk
+
+    def close(self) -> None:
+        if self._response is not None:
+            self._response.close()
+            self._response.release_conn()
+            self._response = None
 
 
 def _http_client() -> urllib3.PoolManager:

@@ -16,6 +16,7 @@ either way fails, naming the route.
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 from collections.abc import Iterator
@@ -34,6 +35,7 @@ from tests.integration.test_api_resources import (
     unique,
 )
 from tests.support.dicomgen import StudySpec
+from tests.support.slidegen import write_pyramid_tiff
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +142,15 @@ class World:
                     "organizations")
 
 
+def required_query(operation: dict[str, Any], document: dict[str, Any]) -> str:
+    """``?name=value&…`` of an operation's required query parameters (minimal values),
+    so that a route answers about its resource rather than about a missing parameter."""
+    values = {p["name"]: minimal(p.get("schema", {}), document)
+              for p in operation.get("parameters", [])
+              if p.get("in") == "query" and p.get("required")}
+    return ("?" + "&".join(f"{name}={value}" for name, value in values.items())) if values else ""
+
+
 def request_body(operation: dict[str, Any], document: dict[str, Any]) -> dict[str, Any]:
     """``requests`` keyword arguments carrying a minimal valid body, if any."""
     content = operation.get("requestBody", {}).get("content", {})
@@ -182,9 +193,17 @@ def world(atrium: AtriumUnderTest, tmp_path_factory: pytest.TempPathFactory
                         data=b"B's mask", timeout=30, headers={
                             **owner.headers, "Content-Type": "application/octet-stream"}
                         ).status_code == 200
+    slide_file = io.BytesIO()
+    write_pyramid_tiff(slide_file, 300, 200, tile=256, levels=1, compression="zlib")
+    slide_b = requests.post(f"{atrium.url}/api/slides", timeout=30,
+                            headers={**owner.headers, "X-HTTP-Method-Override": "PUT"},
+                            files={"file": ("b.tiff", slide_file.getvalue())},
+                            data={"slide_id": unique("B-")}).json()["id"]
+    upload_b = owner.post("/api/uploads", {"filename": "b.svs", "size": 10}).json()["id"]
     foreign = {"organizations": org_b, "users": user_b, "patients": patient_b,
                "studies": study_b, "series": series_b, "instances": instance_b,
-               "jobs": job_b, "annotations": annotation_b, "predictions": prediction_b}
+               "jobs": job_b, "annotations": annotation_b, "predictions": prediction_b,
+               "slides": slide_b, "uploads": upload_b}
 
     outsider_org = unique("Isolated ")
     outsider = Client(atrium, "admin", outsider_org, user=unique("a-admin-"))
@@ -200,8 +219,11 @@ def world(atrium: AtriumUnderTest, tmp_path_factory: pytest.TempPathFactory
 
 
 def id_operations(document: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+    """Operations on one resource, but for public ones (``security: []``): a page
+    such as the slide viewer holds no data, and answers the same for any id."""
     return [(path, method, operation) for path, operations in document["paths"].items()
-            if "{id}" in path for method, operation in operations.items()]
+            if "{id}" in path for method, operation in operations.items()
+            if operation.get("security") != []]
 
 
 # ------------------------------------------------------------------- tests
@@ -222,6 +244,7 @@ def test_every_route_naming_another_organizations_resource_answers_404(world: Wo
         answers = []
         for resource in (foreign, missing):
             url = _PARAM.sub(lambda m, r=resource: r if m.group(1) == "id" else "0", path)
+            url += required_query(operation, world.document)
             body = request_body(operation, world.document)
             # An upload's Content-Type goes with the token, not instead of it.
             headers = {**world.outsider.headers, **body.pop("headers", {})}
@@ -240,13 +263,13 @@ def test_every_route_naming_another_organizations_resource_answers_404(world: Wo
 def test_a_researcher_of_another_organization_gets_404_or_403_never_data(
         world: World) -> None:
     researcher = Client(world.atrium, "researcher", world.outsider_org, user=unique("a-res-"))
-    for path, method, _ in id_operations(world.document):
+    for path, method, operation in id_operations(world.document):
         collection = path.split("/")[2]
         if method != "get" or collection in GLOBAL_COLLECTIONS:
             continue
         foreign = world.foreign_id(collection)
         url = _PARAM.sub(lambda m, r=foreign: r if m.group(1) == "id" else "0", path)
-        answer = researcher.get(url)
+        answer = researcher.get(url + required_query(operation, world.document))
         assert answer.status_code in (403, 404), (path, answer.status_code, answer.text[:200])
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from minio import Minio
@@ -103,6 +103,51 @@ class TestS3ObjectStore(ObjectStoreContract):
         with pytest.raises(StorageError, match="disk went away"):
             store.put("broken.bin", Broken(12 * MiB))
         assert not store.exists("broken.bin")
+
+
+    def test_compose_of_parts_of_5_mib_and_more_is_a_server_side_copy(
+        self, store: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        copies = CallCounter(store.client.compose_object)
+        monkeypatch.setattr(store.client, "compose_object", copies)
+        source = ChunkedStream(11 * MiB, seed=b"copy")
+        store.put("chunks/all", source)
+        parts = [("chunks/all", 5 * MiB, 6 * MiB), ("chunks/all", 0, 5 * MiB),
+                 ("chunks/all", 3, 4)]
+        assert store.compose("assembled", parts, content_type="image/tiff") == 11 * MiB + 4
+        assert copies.calls == 1
+        stat = store.client.stat_object(store.bucket, "prefix/dir/assembled")
+        assert str(stat.etag).endswith("-3") and stat.content_type == "image/tiff"
+        assert store.get_range("assembled", 6 * MiB - 2, 4) == source.expected(11 * MiB - 2, 2) \
+            + source.expected(0, 2)
+        assert store.get_range("assembled", 11 * MiB, 10) == source.expected(3, 4)
+
+    def test_compose_of_small_parts_streams_through_a_bounded_upload(
+        self, store: S3ObjectStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        copies = CallCounter(store.client.compose_object)
+        monkeypatch.setattr(store.client, "compose_object", copies)
+        source = ChunkedStream(12 * MiB, seed=b"stream")
+        store.put("chunks/all", source)
+        # A 1 MiB part before the last: S3 cannot copy it server-side.
+        parts = [("chunks/all", 0, MiB), ("chunks/all", 4 * MiB, 8 * MiB),
+                 ("chunks/all", MiB, 3 * MiB)]
+        assert store.compose("assembled", parts) == 12 * MiB
+        assert copies.calls == 0
+        assert store.size("assembled") == 12 * MiB
+        assert store.get_range("assembled", MiB - 2, 4) == source.expected(MiB - 2, 2) \
+            + source.expected(4 * MiB, 2)
+        assert store.get_range("assembled", 9 * MiB - 1, 4) == source.expected(12 * MiB - 1, 1) \
+            + source.expected(MiB, 3)
+
+
+class CallCounter:
+    def __init__(self, function: Callable[..., object]) -> None:
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        self.calls += 1
+        return self.function(*args, **kwargs)
 
 
 def test_ensure_bucket_creates_it_once(s3_server: S3Server) -> None:

@@ -287,3 +287,22 @@ def test_no_request_is_answered_with_a_5xx(method: str, path: str, query: dict[s
     if response.status >= 400:
         problem = json.loads(response.body)
         assert problem["status"] == response.status and problem["detail"]
+
+
+def test_a_too_large_upload_is_told_how_to_send_a_larger_file() -> None:
+    hint = "Send files over 16 bytes as a resumable upload: POST /api/uploads."
+    route = Route("POST", "/api/files", echo, media_types=("application/octet-stream",),
+                  max_body_bytes=16, too_large_hint=hint)
+    plain = Route("POST", "/api/plain", echo, media_types=("application/octet-stream",),
+                  max_body_bytes=16)
+    router = Router([route, plain])
+    headers = {"content-type": "application/octet-stream"}
+    status, problem = answer(router, Request("POST", "/api/files", headers=headers,
+                                             body=b"x" * 17))
+    assert status == 413
+    assert problem["detail"] == f"The body is larger than this route's limit of 16 bytes. {hint}"
+    status, problem = answer(router, Request("POST", "/api/plain", headers=headers,
+                                             body=b"x" * 17))
+    assert status == 413 and problem["detail"].endswith("limit of 16 bytes.")
+    assert answer(router, Request("POST", "/api/files", headers=headers, body=b"x" * 16)
+                  )[0] == 200

@@ -91,3 +91,34 @@ def test_the_dicomweb_plugin_root_is_read_from_orthancs_configuration() -> None:
     assert configured.dicomweb_plugin_root == "/internal-dw/"
     assert load_settings({}, BASE_ENV, Path("/srv")).dicomweb_plugin_root == \
         "/atrium-dicomweb-plugin/"
+
+
+def test_upload_limits_have_defaults_and_come_from_the_section_or_the_environment(
+        tmp_path: Path) -> None:
+    defaults = load_settings({}, BASE_ENV, cwd=tmp_path)
+    assert defaults.upload_max_request_bytes == 256 * 1024 ** 2
+    assert defaults.upload_max_bytes == 64 * 1024 ** 3
+    assert defaults.upload_expiry_hours == 24
+    config = {"Atrium": {"UploadMaxRequestBytes": 32 * 1024 ** 2,
+                         "UploadMaxBytes": 1024 ** 3, "UploadExpiryHours": 2}}
+    configured = load_settings(config, BASE_ENV, cwd=tmp_path)
+    assert (configured.upload_max_request_bytes, configured.upload_max_bytes,
+            configured.upload_expiry_hours) == (32 * 1024 ** 2, 1024 ** 3, 2)
+    overridden = load_settings(config, {**BASE_ENV, "ATRIUM_UPLOAD_EXPIRY_HOURS": "48"},
+                               cwd=tmp_path)
+    assert overridden.upload_expiry_hours == 48
+    assert overridden.upload_max_bytes == 1024 ** 3
+
+
+@pytest.mark.parametrize(("env", "named"), [
+    ({"ATRIUM_UPLOAD_MAX_REQUEST_BYTES": "1000"}, "ATRIUM_UPLOAD_MAX_REQUEST_BYTES"),
+    ({"ATRIUM_UPLOAD_MAX_REQUEST_BYTES": "4 GiB"}, "ATRIUM_UPLOAD_MAX_REQUEST_BYTES"),
+    ({"ATRIUM_UPLOAD_MAX_BYTES": "0"}, "ATRIUM_UPLOAD_MAX_BYTES"),
+    ({"ATRIUM_UPLOAD_EXPIRY_HOURS": "0"}, "ATRIUM_UPLOAD_EXPIRY_HOURS"),
+    ({"ATRIUM_UPLOAD_EXPIRY_HOURS": "1.5"}, "ATRIUM_UPLOAD_EXPIRY_HOURS"),
+])
+def test_a_wrong_upload_limit_fails_with_one_line_naming_it(env: dict[str, str], named: str,
+                                                            tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as error:
+        load_settings({}, {**BASE_ENV, **env}, cwd=tmp_path)
+    assert named in str(error.value) and "\n" not in str(error.value)

@@ -6,8 +6,10 @@ runs the same class in ``tests/integration/test_storage_s3.py``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import posixpath
 import string
 from collections.abc import Callable
@@ -366,6 +368,77 @@ class ObjectStoreContract:
             assert got == source.expected(offset, length), (offset, length)
 
 
+    # ------------------------------------------------------------- compose
+
+    def test_compose_concatenates_ranges_of_objects(self, store: ObjectStore) -> None:
+        store.put("parts/a", b"0123456789")
+        store.put("parts/b", b"abcdefghij")
+        parts = [("parts/b", 0, 3), ("parts/a", 5, 5), ("parts/b", 9, 1), ("parts/a", 0, 0)]
+        assert store.compose("whole/file", parts) == 9
+        assert read_all(store, "whole/file") == b"abc56789j"
+        assert read_all(store, "parts/a") == b"0123456789"  # sources are left alone
+
+    def test_compose_may_read_the_object_it_replaces(self, store: ObjectStore) -> None:
+        store.put("grow", b"head")
+        store.put("tail", b"-tail")
+        assert store.compose("grow", [("grow", 0, 4), ("tail", 0, 5), ("grow", 0, 1)]) == 10
+        assert read_all(store, "grow") == b"head-tailh"
+
+    def test_compose_of_no_parts_is_an_empty_object(self, store: ObjectStore) -> None:
+        assert store.compose("nothing", []) == 0
+        assert store.exists("nothing") and store.size("nothing") == 0
+
+    def test_compose_of_large_parts(self, store: ObjectStore) -> None:
+        first, second = ChunkedStream(6 * MiB, seed=b"first"), ChunkedStream(7 * MiB, b"second")
+        store.put("big/first", first)
+        store.put("big/second", second)
+        parts = [("big/second", MiB + 3, 5 * MiB), ("big/first", 0, 6 * MiB),
+                 ("big/second", 17, 100)]
+        assert store.compose("big/whole", parts) == 11 * MiB + 100
+        expected = hashlib.sha256(second.expected(MiB + 3, 5 * MiB) + first.expected(0, 6 * MiB)
+                                  + second.expected(17, 100)).hexdigest()
+        digest = hashlib.sha256()
+        with store.get("big/whole") as stream:
+            while block := stream.read(MiB):
+                digest.update(block)
+        assert digest.hexdigest() == expected
+
+    def test_compose_refuses_a_part_past_the_end_of_its_source(self, store: ObjectStore) -> None:
+        store.put("short", b"12345")
+        store.put("kept", b"old")
+        with pytest.raises(StorageError, match="has 5 bytes"):
+            store.compose("kept", [("short", 0, 5), ("short", 3, 3)])
+        with pytest.raises(StorageError, match="has 5 bytes"):
+            store.compose("never", [("short", 6, 1)])
+        assert read_all(store, "kept") == b"old"
+        assert not store.exists("never")
+
+    def test_compose_of_a_missing_source_is_object_not_found(self, store: ObjectStore) -> None:
+        store.put("present", b"abc")
+        store.put("kept", b"old")
+        with pytest.raises(ObjectNotFound):
+            store.compose("kept", [("present", 0, 3), ("absent", 0, 1)])
+        assert read_all(store, "kept") == b"old"
+
+    @pytest.mark.parametrize(("name", "parts"), [
+        ("../escape", [("ok", 0, 1)]),
+        ("fine", [("../escape", 0, 1)]),
+        ("fine", [("a//b", 0, 1)]),
+    ])
+    def test_compose_refuses_unsafe_names(self, store: ObjectStore, name: str,
+                                          parts: list[tuple[str, int, int]]) -> None:
+        store.put("ok", b"x")
+        with pytest.raises(InvalidObjectName):
+            store.compose(name, parts)
+        assert not store.exists("fine")
+
+    def test_compose_refuses_negative_ranges(self, store: ObjectStore) -> None:
+        store.put("ok", b"xyz")
+        with pytest.raises(ValueError, match=">= 0"):
+            store.compose("fine", [("ok", -1, 2)])
+        assert not store.exists("fine")
+
+
 # ---------------------------------------------------------------- the file backend
 
 
@@ -425,6 +498,26 @@ class TestFileObjectStore(ObjectStoreContract):
             read_all(store, "c")
         store.delete("c")  # a directory is not an object: nothing to delete
         assert read_all(store, "c/d") == b"object"
+
+    def test_compose_leaves_no_temporary_file(self, store: FileObjectStore) -> None:
+        store.put("dir/a", b"abc")
+        with pytest.raises(StorageError):
+            store.compose("dir/b", [("dir/a", 0, 10)])
+        with pytest.raises(ObjectNotFound):
+            store.compose("dir/b", [("dir/a", 0, 1), ("dir/missing", 0, 1)])
+        assert sorted(p.name for p in (store.root / "dir").iterdir()) == ["a"]
+
+    def test_compose_copies_without_copy_file_range_too(
+        self, store: FileObjectStore, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def refused(*_args: object) -> int:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+        monkeypatch.setattr(os, "copy_file_range", refused)
+        source = ChunkedStream(3 * MiB + 5)
+        store.put("src", source)
+        assert store.compose("dst", [("src", 7, 3 * MiB - 2), ("src", 0, 7)]) == 3 * MiB + 5
+        assert read_all(store, "dst") == source.expected(7, 3 * MiB - 2) + source.expected(0, 7)
 
     def test_check_creates_a_missing_root(self, store: FileObjectStore) -> None:
         assert not store.root.exists()

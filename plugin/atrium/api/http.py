@@ -265,6 +265,13 @@ class Route:
         handler as raw ``request.body``.
     max_body_bytes
         Larger bodies are refused with 413 before anything reads them.
+    too_large_hint
+        A sentence the 413 problem adds, saying how to send a larger file (a
+        file-upload route names the resumable uploads of ``/api/uploads``).
+    coalesce_audit
+        For high-rate reads of one resource (slide tiles): successful answers are
+        recorded once per caller and resource per window, not once each
+        (:class:`atrium.auth.request_audit.AuditedApi`).
 
     Raises
     ------
@@ -285,6 +292,8 @@ class Route:
     auth: Auth = ADMIN_ONLY
     media_types: tuple[str, ...] = (JSON,)
     max_body_bytes: int = MiB
+    too_large_hint: str = ""
+    coalesce_audit: bool = False
     operation_id: str = ""
     path: PathTemplate = field(init=False, repr=False)
     inputs: Inputs = field(init=False, repr=False)
@@ -314,7 +323,7 @@ class Route:
         object.__setattr__(self, "inputs", Inputs(
             ParamSpec.compile("path", path_schema, f"path of {name}"),
             ParamSpec.compile("query", self.query, f"query of {name}"),
-            BodySpec(body, self.media_types, self.max_body_bytes),
+            BodySpec(body, self.media_types, self.max_body_bytes, self.too_large_hint),
         ))
         if not self.operation_id:
             slug = "_".join(p.strip("{}") for p in path.template.split("/") if p)

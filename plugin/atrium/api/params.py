@@ -336,6 +336,7 @@ class BodySpec:
     validator: Validator | None
     media_types: tuple[str, ...]
     max_bytes: int
+    too_large_hint: str = ""  # appended to the 413's detail
 
     @property
     def takes_body(self) -> bool:
@@ -349,8 +350,9 @@ class BodySpec:
             raise BadRequest.invalid([FieldError("header", "content-length",
                                                  "must be a whole number of bytes")])
         if max(int(declared or 0), len(body)) > self.max_bytes:
+            hint = f" {self.too_large_hint}" if self.too_large_hint else ""
             raise PayloadTooLarge(f"The body is larger than this route's limit of "
-                                  f"{self.max_bytes} bytes.", max_bytes=self.max_bytes)
+                                  f"{self.max_bytes} bytes.{hint}", max_bytes=self.max_bytes)
 
     def parse(self, headers: Mapping[str, str], body: bytes) -> tuple[Any, list[FieldError]]:
         """The validated JSON body (None for none or for raw uploads), or the errors."""

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from atrium.api.http import Request, Response, Router, problem_response
@@ -23,7 +26,7 @@ from atrium.errors import ApiError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AuditedApi", "audit_event", "recorded_or_withheld"]
+__all__ = ["AuditedApi", "CoalescedAudit", "audit_event", "recorded_or_withheld"]
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -64,21 +67,92 @@ def audit_event(*, action: str, caller: Caller | None, status: int, client_ip: s
     )
 
 
+def _written(connect: Callable[[], Any], event: AuditEvent) -> bool:
+    try:
+        with connect() as conn:
+            record(conn, event)
+    except Exception:  # noqa: BLE001 - the caller decides what the failure means
+        log.exception("audit.unwritten action=%s status=%s", event.action,
+                      event.details.get("status"))
+        return False
+    return True
+
+
+def _withheld_unless_recorded(written: bool, event: AuditEvent, response: Response
+                              ) -> Response:
+    if not written and event.phi_accessed:
+        return problem_response(ServiceUnavailable(
+            "The access could not be recorded in the audit log, so the answer is "
+            "withheld; try again shortly."))
+    return response
+
+
 def recorded_or_withheld(connect: Callable[[], Any], event: AuditEvent, response: Response
                          ) -> Response:
     """``response`` once ``event`` is committed. When the row cannot be written, an
     answer carrying PHI is replaced by a 503; any other answer goes out (its write,
     if any, has happened) and the failure is logged."""
-    try:
-        with connect() as conn:
-            record(conn, event)
-    except Exception:  # noqa: BLE001 - the decision below depends on the answer
-        log.exception("audit.unwritten action=%s status=%d", event.action, response.status)
-        if event.phi_accessed:
-            return problem_response(ServiceUnavailable(
-                "The access could not be recorded in the audit log, so the answer is "
-                "withheld; try again shortly."))
-    return response
+    return _withheld_unless_recorded(_written(connect, event), event, response)
+
+
+COALESCE_SECONDS = 300.0
+"""The audit window of a coalesced route (slide tiles, Deep Zoom, thumbnails)."""
+
+
+@dataclass
+class _Window:
+    opened: float
+    done: threading.Event = field(default_factory=threading.Event)
+    written: bool = False
+
+
+class CoalescedAudit:
+    """One audit row per caller and resource per window, for routes a viewer calls
+    hundreds of times a minute (a slide's tiles).
+
+    The first successful answer of a window waits for its row to be committed, as
+    any audited answer does; answers of the same window that arrive while it is
+    being written wait for it too, so none leaves before the window's record. If the
+    write fails, the window is not opened: the next request writes again. Windows
+    are per process — with several nodes, each node records its own.
+    """
+
+    def __init__(self, connect: Callable[[], Any], seconds: float = COALESCE_SECONDS,
+                 clock: Callable[[], float] = time.monotonic, capacity: int = 100_000) -> None:
+        self._connect = connect
+        self._seconds = seconds
+        self._clock = clock
+        self._capacity = capacity
+        self._windows: dict[tuple[Any, ...], _Window] = {}
+        self._lock = threading.Lock()
+
+    def _open_or_join(self, key: tuple[Any, ...]) -> tuple[_Window, bool]:
+        now = self._clock()
+        with self._lock:
+            window = self._windows.get(key)
+            if window is not None and now - window.opened < self._seconds:
+                return window, False
+            if len(self._windows) >= self._capacity:
+                self._windows = {k: w for k, w in self._windows.items()
+                                 if now - w.opened < self._seconds}
+            window = self._windows[key] = _Window(now)
+            return window, True
+
+    def answer(self, key: tuple[Any, ...], event: AuditEvent, response: Response) -> Response:
+        window, opener = self._open_or_join(key)
+        if not opener:
+            if window.done.wait(timeout=30) and window.written:
+                return response
+            return recorded_or_withheld(self._connect, event, response)
+        written = _written(self._connect, replace(event, details={
+            **event.details, "coalesced_seconds": self._seconds}))
+        window.written = written
+        if not written:
+            with self._lock:
+                if self._windows.get(key) is window:
+                    del self._windows[key]
+        window.done.set()
+        return _withheld_unless_recorded(written, event, response)
 
 
 class AuditedApi:
@@ -87,6 +161,7 @@ class AuditedApi:
     def __init__(self, router: Router, connect: Callable[[], Any]) -> None:
         self.router = router
         self._connect = connect
+        self.coalesced = CoalescedAudit(connect)
 
     def handle(self, request: Request) -> Response:
         current_caller.set(None)
@@ -107,4 +182,8 @@ class AuditedApi:
             resource_id=note.resource_id if note and note.resource_id else params.get("id"),
             phi=bool(note and note.phi),
             write=request.method in WRITE_METHODS)
+        caller = current_caller.get()
+        if route is not None and route.coalesce_audit and response.status < 400 and caller:
+            return self.coalesced.answer((caller.user_id, caller.principal.keycloak_id,
+                                          event.resource_type, event.resource_id), event, response)
         return recorded_or_withheld(self._connect, event, response)

@@ -34,8 +34,8 @@ from atrium.errors import ApiError, Forbidden, NotFound
 
 log = logging.getLogger(__name__)
 
-__all__ = ["OrthancScope", "RequestFilter", "RouteKind", "is_native_upload", "orthanc_scope",
-           "route_kind"]
+__all__ = ["OrthancScope", "RequestFilter", "RouteKind", "is_form_post", "is_native_upload",
+           "orthanc_scope", "route_kind"]
 
 
 class RouteKind(enum.Enum):
@@ -116,6 +116,13 @@ def is_native_upload(uri: str, method: str) -> bool:
     return segments == ["instances"]
 
 
+def is_form_post(headers: Mapping[str, str]) -> bool:
+    """Whether a request is an HTML form upload (``multipart/form-data``), which
+    Orthanc's HTTP server splits into one request per part when it is a POST."""
+    return headers.get("content-type", "").split(";")[0].strip().lower() == \
+        "multipart/form-data"
+
+
 class RequestFilter:
     """``allow(uri, method, ip, headers)``: never raises (an exception in Orthanc's
     filter is a 500); any failure refuses."""
@@ -145,6 +152,14 @@ class RequestFilter:
             return True
         kind = route_kind(uri, self._dicomweb_root, self._plugin_root)
         if kind is RouteKind.ATRIUM_API:
+            if method == "POST" and is_form_post(headers):
+                # Orthanc would hand each part of the form to the route as a request
+                # of its own and answer 200 itself, whatever the route said: refuse
+                # rather than let the upload vanish behind a success.
+                log.warning("filter.form_post_refused uri=%s advice=send multipart/form-data "
+                            "with 'X-HTTP-Method-Override: PUT'", uri[:200])
+                self._audit(None, method, uri, 403, ip, headers, phi=False)
+                return False
             return True
         if kind is RouteKind.DICOMWEB and self._gateway_enabled:
             return True

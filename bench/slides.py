@@ -1,0 +1,338 @@
+"""Whole-slide benchmark: tiles through Atrium's API against the reader called
+directly, a viewer's pan-and-zoom trace, and a chunked upload's rate and memory.
+
+One run, one machine. A 50,000 × 50,000 JPEG-tiled pyramid (BigTIFF, 256-pixel
+tiles) is generated, sent to an Orthanc with Atrium as a resumable upload (chunks
+of ``--chunk-mib``) while Orthanc's resident memory is sampled, and made a slide.
+Then, with the token, organization scope and the (coalesced) audit on:
+
+* **random tiles**: the same list of random (level, col, row) over every level,
+  fetched by 4 parallel clients (keep-alive sessions) through
+  ``/api/slides/{id}/tiles/…``, and read by 4 threads in this process straight
+  from the file — (a) with Atrium's reader (``open_tiff_slide``: a ranged read
+  and the JPEG tables merged, no decode), the ceiling; (b) the usual way a tile
+  server uses the reader library: tifffile decodes the tile and it is encoded
+  again as JPEG. Both orders alternate over ``--rounds`` rounds.
+* **viewer trace**: what OpenSeadragon asks for in a 1280 × 800 window when a
+  pathologist opens the slide, zooms in step by step towards a point and pans —
+  every Deep Zoom tile of each view, 6 at a time as a browser does, first visits
+  only (no tile twice).
+
+Prints tiles/s, p50/p95 and the ratios for ``docs/BENCHMARKS.md``.
+
+    .venv/bin/python bench/slides.py [--size 50000] [--tiles 3000] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import imagecodecs
+import requests
+import tifffile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
+
+from atrium.auth.dev_issuer import load_or_create  # noqa: E402
+from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, orthanc_config  # noqa: E402
+from atrium.migrations import apply_migrations  # noqa: E402
+from atrium.slides.source import StoreSource  # noqa: E402
+from atrium.slides.tiff import open_tiff_slide  # noqa: E402
+from atrium.storage import FileObjectStore  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+from tests.support.slidegen import write_big_jpeg_pyramid  # noqa: E402
+
+CLIENTS = 4
+BROWSER_CONNECTIONS = 6
+WINDOW = (1280, 800)
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
+
+
+def start(root: Path, cluster: LocalCluster) -> OrthancProcess:
+    cluster.ensure_database("slides_index")
+    cluster.ensure_database("slides_atrium")
+    database_url = cluster.url("slides_atrium")
+    apply_migrations(database_url)
+    workdir = root / "orthanc"
+    base = json.loads((REPO_ROOT / "orthanc-config" / "orthanc.json").read_text())
+    config = orthanc_config(
+        base=base, data_dir=workdir, cluster=cluster, index_database="slides_index",
+        http_port=free_port(), dicom_port=free_port(), aet="ATRIUM",
+        atrium={"DatabaseUrl": database_url, "MirrorPollSeconds": 0.5,
+                "StorageUrl": f"file://{workdir / 'objects'}"},
+        python_script=REPO_ROOT / "plugin" / "atrium_entry.py", with_atrium=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
+    process = OrthancProcess(workdir, config, env)
+    process.start()
+    return process
+
+
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def upload(url: str, headers: dict[str, str], path: Path, chunk: int, pid: int
+           ) -> tuple[str, float, float]:
+    """The upload's id, MB/s, and Orthanc's resident memory growth (MiB)."""
+    size = path.stat().st_size
+    created = requests.post(f"{url}/api/uploads", headers=headers, timeout=60,
+                            json={"filename": path.name, "size": size}).json()
+    baseline = resident_mib(pid)
+    peak = baseline
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.05):
+            peak = max(peak, resident_mib(pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    began = time.perf_counter()
+    with path.open("rb") as source, requests.Session() as session:
+        for start_at in range(0, size, chunk):
+            data = source.read(chunk)
+            answer = session.put(
+                f"{url}/api/uploads/{created['id']}", data=data, timeout=600,
+                headers={**headers, "Content-Type": "application/octet-stream",
+                         "Content-Range": f"bytes {start_at}-{start_at + len(data) - 1}/{size}"})
+            answer.raise_for_status()
+    elapsed = time.perf_counter() - began
+    done.set()
+    sampler.join()
+    return created["id"], size / elapsed / 1e6, peak - baseline
+
+
+def random_tiles(levels: list[tuple[int, int]], tile: int, count: int, seed: int
+                 ) -> list[tuple[int, int, int]]:
+    """``count`` random (level, col, row): a level first, uniformly, then a tile of it."""
+    rng = random.Random(seed)
+    picks = []
+    for _ in range(count):
+        level = rng.randrange(len(levels))
+        width, height = levels[level]
+        picks.append((level, rng.randrange(math.ceil(width / tile)),
+                      rng.randrange(math.ceil(height / tile))))
+    return picks
+
+
+def run_parallel(work: Sequence[Any], fetch: Callable[[Any], None], clients: int
+                 ) -> tuple[float, list[float]]:
+    """Items per second and each item's latency (ms), ``clients`` at a time."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(item: Any) -> None:
+        began = time.perf_counter()
+        fetch(item)
+        spent = (time.perf_counter() - began) * 1000
+        with lock:
+            latencies.append(spent)
+
+    began = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, work))
+    return len(work) / (time.perf_counter() - began), latencies
+
+
+def api_fetcher(url: str, slide: str, headers: dict[str, str]) -> Callable[[Any], None]:
+    local = threading.local()
+
+    def fetch(item: tuple[int, int, int]) -> None:
+        session = getattr(local, "session", None)
+        if session is None:
+            session = local.session = requests.Session()
+            session.headers.update(headers)
+        answer = session.get(f"{url}/api/slides/{slide}/tiles/{item[0]}/{item[1]}/{item[2]}",
+                             timeout=60)
+        if answer.status_code != 200 or not answer.content:
+            raise SystemExit(f"tile {item}: {answer.status_code} {answer.text[:200]}")
+
+    return fetch
+
+
+def library_fetcher(path: Path) -> Callable[[Any], None]:
+    """The reader library as a tile server usually calls it: decode, encode."""
+    tif = tifffile.TiffFile(path)
+    pages = [page for page in tif.pages if page.is_tiled]  # type: ignore[union-attr]
+    handle = tif.filehandle
+    lock = threading.Lock()
+
+    def fetch(item: tuple[int, int, int]) -> None:
+        level, col, row = item
+        page = pages[level]
+        columns = math.ceil(page.imagewidth / page.tilewidth)
+        index = row * columns + col
+        with lock:  # one file handle: reads are serialized, decoding is not
+            handle.seek(page.dataoffsets[index])
+            data = handle.read(page.databytecounts[index])
+        pixels = page.decode(data, index, jpegtables=page.jpegtables)[0]
+        imagecodecs.jpeg8_encode(pixels.reshape(pixels.shape[-3:]), level=90)
+
+    return fetch
+
+
+def atrium_reader_fetcher(path: Path) -> Callable[[Any], None]:
+    store = FileObjectStore(path.parent)
+    reader = open_tiff_slide(StoreSource(store, path.name, path.stat().st_size))
+
+    def fetch(item: tuple[int, int, int]) -> None:
+        reader.tile(*item, "jpeg")
+
+    return fetch
+
+
+def viewer_trace(width: int, height: int, tile: int) -> list[list[tuple[int, int, int]]]:
+    """Deep Zoom tiles of each view: home (the slide fits the window), then zooming
+    ×2 per step towards a point of tissue, then panning half a window at a time."""
+    top = math.ceil(math.log2(max(width, height)))
+    focus_x, focus_y = width * 0.37, height * 0.58
+    views: list[tuple[int, float, float]] = []  # (dzi level, centre x, centre y) in level-0 px
+    fit = max(width / WINDOW[0], height / WINDOW[1])
+    home = top - math.ceil(math.log2(fit))
+    for level in range(home, top + 1):
+        views.append((level, focus_x, focus_y))
+    for step in range(1, 13):
+        views.append((top, focus_x + step * WINDOW[0] / 2, focus_y + (step % 3) * WINDOW[1] / 4))
+    seen: set[tuple[int, int, int]] = set()
+    trace = []
+    for level, cx, cy in views:
+        scale = 2 ** (top - level)
+        level_w, level_h = math.ceil(width / scale), math.ceil(height / scale)
+        x0, y0 = max(0, cx / scale - WINDOW[0] / 2), max(0, cy / scale - WINDOW[1] / 2)
+        x1, y1 = min(level_w, x0 + WINDOW[0]), min(level_h, y0 + WINDOW[1])
+        view = [(level, c, r)
+                for c in range(int(x0 // tile), int(math.ceil(x1 / tile)))
+                for r in range(int(y0 // tile), int(math.ceil(y1 / tile)))
+                if (level, c, r) not in seen]
+        seen.update(view)
+        trace.append(view)
+    return trace
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=50_000)
+    parser.add_argument("--tiles", type=int, default=3000, help="random tiles per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--chunk-mib", type=int, default=64)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="atrium-bench-slides-"))
+    root.chmod(0o755)
+    cluster = LocalCluster(root / "pg", port=free_port())
+    cluster.init()
+    cluster.start()
+    process = None
+    try:
+        path = root / "slide.tiff"
+        began = time.perf_counter()
+        write_big_jpeg_pyramid(path, args.size, args.size)
+        print(f"generated {args.size:,}² JPEG pyramid: {path.stat().st_size / 1e6:,.0f} MB "
+              f"in {time.perf_counter() - began:.1f} s")
+        process = start(root, cluster)
+        assert process.proc is not None
+        url = process.url
+        token = load_or_create(root / "orthanc").mint("bench-clinician", ["clinician"], "Default")
+        headers = {"Authorization": f"Bearer {token}"}
+        upload_id, rate, growth = upload(url, headers, path, args.chunk_mib * 1024 * 1024,
+                                         process.proc.pid)
+        print(f"chunked upload ({args.chunk_mib} MiB chunks): {rate:,.0f} MB/s, Orthanc "
+              f"resident memory growth {growth:,.0f} MiB")
+        began = time.perf_counter()
+        answer = requests.post(f"{url}/api/slides", headers=headers, timeout=600,
+                               json={"upload_id": upload_id, "slide_id": "BENCH-1"})
+        answer.raise_for_status()
+        slide = answer.json()
+        print(f"slide from the upload in {time.perf_counter() - began:.1f} s: "
+              f"{slide['pyramid_levels']} levels, tile {slide['tile_size']}")
+        levels = [(lv["width"], lv["height"]) for lv in slide["metadata"]["levels"]]
+        tile = slide["tile_size"]
+        api_rates, direct_rates, library_rates = [], [], []
+        api_latency: list[float] = []
+        for n in range(args.rounds):
+            work = random_tiles(levels, tile, args.tiles, seed=n)
+            runs = [("api", api_fetcher(url, slide["id"], headers)),
+                    ("atrium reader", atrium_reader_fetcher(path)),
+                    ("tifffile decode+encode", library_fetcher(path))]
+            if n % 2:
+                runs.reverse()
+            for name, fetch in runs:
+                rate, latencies = run_parallel(work, fetch, CLIENTS)
+                if name == "api":
+                    api_rates.append(rate)
+                    api_latency.extend(latencies)
+                elif name == "atrium reader":
+                    direct_rates.append(rate)
+                else:
+                    library_rates.append(rate)
+                print(f"round {n + 1}: {name:24s} {rate:8,.0f} tiles/s"
+                      + (f"  p50 {percentile(latencies, .5):5.1f} ms  "
+                         f"p95 {percentile(latencies, .95):5.1f} ms" if name == "api" else ""))
+        api = statistics.median(api_rates)
+        print(f"\nrandom tiles, {CLIENTS} clients, {args.rounds} rounds of {args.tiles}:")
+        print(f"  API: {api:,.0f} tiles/s (rounds {', '.join(f'{r:,.0f}' for r in api_rates)}), "
+              f"p50 {percentile(api_latency, .5):.1f} ms, p95 {percentile(api_latency, .95):.1f} "
+              f"ms (goal ≥ 200/s, p95 ≤ 50 ms)")
+        library = statistics.median(library_rates)
+        direct = statistics.median(direct_rates)
+        print(f"  tifffile decode+encode in process: {library:,.0f} tiles/s → API/library "
+              f"{api / library:.2f}× (goal ≥ 0.8×)")
+        print(f"  Atrium's reader in process (no HTTP): {direct:,.0f} tiles/s → API/reader "
+              f"{api / direct:.2f}×")
+        trace = viewer_trace(args.size, args.size, tile)
+        dzi_latency: list[float] = []
+        view_times: list[float] = []
+        session_headers = dict(headers)
+
+        def dzi(item: tuple[int, int, int]) -> None:
+            answer = requests.get(f"{url}/api/slides/{slide['id']}/dzi_files/{item[0]}/"
+                                  f"{item[1]}_{item[2]}.jpeg", headers=session_headers,
+                                  timeout=60)
+            if answer.status_code != 200:
+                raise SystemExit(f"dzi {item}: {answer.status_code} {answer.text[:200]}")
+
+        for view in trace:
+            began = time.perf_counter()
+            _, latencies = run_parallel(view, dzi, BROWSER_CONNECTIONS)
+            view_times.append((time.perf_counter() - began) * 1000)
+            dzi_latency.extend(latencies)
+        print(f"viewer trace: {len(trace)} views, {len(dzi_latency)} Deep Zoom tiles: tile p50 "
+              f"{percentile(dzi_latency, .5):.1f} ms, p95 {percentile(dzi_latency, .95):.1f} ms; "
+              f"a whole view p50 {percentile(view_times, .5):.0f} ms, "
+              f"p95 {percentile(view_times, .95):.0f} ms")
+        print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, "
+              f"Python {platform.python_version()}")
+    finally:
+        if process is not None:
+            process.stop()
+        cluster.stop("fast")
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
