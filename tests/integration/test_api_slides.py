@@ -10,6 +10,7 @@ import random
 import struct
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import requests
 from PIL import Image
 
 from tests.integration.conftest import AtriumUnderTest
+from tests.integration.s3server import S3Server
+from tests.support.recording_proxy import RecordingProxy
 from tests.support.slidegen import level_shape, pattern, write_pyramid_tiff
 
 WIDTH, HEIGHT, TILE, LEVELS = 1500, 1100, 256, 3
@@ -358,3 +361,39 @@ def test_a_plain_form_post_is_refused_not_swallowed(atrium: AtriumUnderTest) -> 
                            timeout=30)
     assert answer.status_code == 403
     assert atrium.scalar("SELECT count(*) FROM slides WHERE slide_id = %s", (name,)) == 0
+
+
+def test_on_s3_a_slide_is_read_with_ranged_reads_only(
+        atrium_factory: Callable[..., AtriumUnderTest], s3_server: S3Server) -> None:
+    """An uploaded slide in S3: its tiles come from ranged GETs of the bytes they
+    need; the file is never downloaded whole, whatever is asked."""
+    bucket = f"atrium-slides-{uuid.uuid4().hex[:12]}"
+    with RecordingProxy(s3_server.endpoint) as proxy:
+        under_test = atrium_factory(
+            StorageUrl=f"s3://{bucket}/site", S3Endpoint=f"http://{proxy.endpoint}",
+            S3AccessKey=s3_server.access_key, S3SecretKey=s3_server.secret_key,
+            S3Secure=False)
+        blob = tiff_bytes(compression="jpeg", flavor="svs", width=6000, height=5000,
+                          levels=4)
+        slide = upload(under_test, blob).json()
+        assert slide["file_format"] == "SVS", slide
+
+        def reads() -> list[tuple[int, int]]:
+            found = [r for r in proxy.requests if r.method == "GET" and slide["id"] in r.path]
+            assert all(r.range and r.range.startswith("bytes=") for r in found), found
+            spans = [tuple(int(n) for n in r.range.removeprefix("bytes=").split("-"))
+                     for r in found if r.range]
+            proxy.requests.clear()
+            return [(start, end) for start, end in spans]
+
+        reads()
+        for path in ["tiles/0/3/2", "tiles/0/20/10", "tiles/1/1/1?format=png"]:
+            assert get(under_test, f"/api/slides/{slide['id']}/{path}").status_code == 200
+        tile_reads = reads()
+        assert tile_reads, "the tiles were read from S3"
+        # Opening the slide (its tile index) and three tiles: a small part of the file.
+        assert sum(end - start + 1 for start, end in tile_reads) < len(blob) / 5
+        for path in ["dzi_files/12/1_1.jpeg", "thumbnail?max_size=200",
+                     "region?level=0&x=700&y=300&width=300&height=200"]:
+            assert get(under_test, f"/api/slides/{slide['id']}/{path}").status_code == 200
+        assert all(end - start + 1 < len(blob) for start, end in reads())
