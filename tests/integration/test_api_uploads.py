@@ -417,6 +417,14 @@ def test_a_gigabyte_in_chunks_keeps_orthancs_memory_bounded(
     too_large = user.put(warm, b"\0" * (48 * MiB + 1), f"bytes 0-{48 * MiB}/{chunk}")
     assert too_large.status_code == 413
     assert f"Send chunks of at most {48 * MiB} bytes" in too_large.json()["detail"]
+    # A slide sent whole past the limit: 413, naming the resumable route.
+    whole = requests.post(f"{under_test.url}/api/slides", timeout=60,
+                          headers={**under_test.auth("clinician"),
+                                   "X-HTTP-Method-Override": "PUT"},
+                          files={"file": ("big.svs", b"\0" * (48 * MiB + 1))},
+                          data={"slide_id": "TOO-BIG"})
+    assert whole.status_code == 413, whole.text
+    assert "POST /api/uploads" in whole.json()["detail"]
 
     upload_id = user.create(size, "whole-slide.svs").json()["id"]
     digest = hashlib.sha256()

@@ -21,7 +21,10 @@ import hashlib
 import json
 import logging
 import re
+import threading
+import time
 import uuid as uuid_module
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +166,40 @@ class _Visible:
     version: str  # changes when the slide's row does
 
 
+class _RecentlyVisible:
+    """What the scope query said about a slide for a kind of caller (organization,
+    PHI or not), kept for ``seconds``: a viewer asks for dozens of tiles of one
+    slide a second, and each would otherwise cost the pixel routes' only database
+    round trips. A deletion made through this process clears it at once; one made
+    on another node, or a patient's de-identification changed, shows within
+    ``seconds``."""
+
+    def __init__(self, seconds: float = 2.0, capacity: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._seconds = seconds
+        self._capacity = capacity
+        self._clock = clock
+        self._known: dict[tuple[Any, ...], tuple[float, _Visible]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> _Visible | None:
+        with self._lock:
+            found = self._known.get(key)
+        if found is None or self._clock() - found[0] >= self._seconds:
+            return None
+        return found[1]
+
+    def put(self, key: tuple[Any, ...], visible: _Visible) -> None:
+        with self._lock:
+            if len(self._known) >= self._capacity:
+                self._known.clear()
+            self._known[key] = (self._clock(), visible)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._known.clear()
+
+
 def slide_scope(caller: Any) -> Conditions:
     """Slides the caller may see: their live organization's, live, whose patient (if
     any) is live and, without ``READ_PHI``, de-identified."""
@@ -224,8 +261,15 @@ def routes(app: Atrium) -> list[Route]:
     assert library is not None, "the slide library is built before the routes"
     max_request = app.settings.upload_max_request_bytes
 
+    recently_visible = _RecentlyVisible()
+
     def visible(request: Request) -> _Visible:
-        where = slide_scope(request.caller).add("sl.id = %s", request.params["id"])
+        caller = request.caller
+        key = (caller.organization_id, caller.can_read_phi, request.params["id"])
+        known = recently_visible.get(key)
+        if known is not None:
+            return known
+        where = slide_scope(caller).add("sl.id = %s", request.params["id"])
         with app.pool.connection() as conn:
             row = conn.execute(sql.SQL("{} WHERE {}").format(_SELECT_REF, where.sql()),
                                where.params).fetchone()
@@ -233,8 +277,10 @@ def routes(app: Atrium) -> list[Route]:
             raise NotFound(f"No slide {request.params['id']}")
         slide_id, storage_path, file_format, tile_size, updated_at, phi, deidentified = row
         version = updated_at.isoformat()
-        return _Visible(SlideRef(slide_id, storage_path, file_format, version), tile_size,
-                        bool(phi), bool(deidentified), version)
+        found = _Visible(SlideRef(slide_id, storage_path, file_format, version), tile_size,
+                         bool(phi), bool(deidentified), version)
+        recently_visible.put(key, found)
+        return found
 
     def image(request: Request, slide: _Visible, image_format: str, render: Any,
               *key: Any) -> Response:
@@ -384,6 +430,7 @@ def routes(app: Atrium) -> list[Route]:
             slide, phi = find(conn, request, request.params["id"])
             conn.execute("UPDATE slides SET deleted_at = now() WHERE id = %s", (slide["id"],))
         library.forget(slide["id"])
+        recently_visible.clear()
         return Response(204, b"", JSON, {}, AuditNote("slide", slide["id"], phi=phi))
 
     # ------------------------------------------------------------------- pixels
