@@ -20,7 +20,6 @@ from __future__ import annotations
 import io
 import logging
 import math
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from atrium.api.schema import compile_schema, field_errors
 from atrium.api.targets import instance_by_uid
 from atrium.auth.audit import AuditEvent, record
 from atrium.errors import ApiError
+from atrium.workers import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -158,48 +158,19 @@ def import_report(conn: Any, candidate: SrCandidate, report: ImportedReport) -> 
     return len(created)
 
 
-class SrImporter:
+class SrImporter(PollingWorker):
     """Polls the mirror for SR instances not yet looked at; a daemon thread."""
+
+    thread_name = "atrium-sr-import"
+    log_name = "sr.import"
 
     def __init__(self, connect: Callable[[], Any], read_file: Callable[[str], bytes], *,
                  ready: Callable[[], bool] = lambda: True, poll_seconds: float = 1.0,
                  batch: int = 20) -> None:
+        super().__init__(ready=ready, poll_seconds=poll_seconds, batch=batch)
         self._connect = connect
-        self._ready = ready
         self._read_file = read_file
-        self._poll_seconds = poll_seconds
-        self._batch = batch
         self._failures: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="atrium-sr-import", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._ready():  # the schema is migrated by the mirror's start-up
-            if self._stop.wait(self._poll_seconds):
-                return
-        backoff = self._poll_seconds
-        while not self._stop.is_set():
-            try:
-                busy = self.step() == self._batch
-                backoff = self._poll_seconds
-            except Exception as exc:  # noqa: BLE001 — the worker must outlive any failure
-                # One line per attempt, as the mirror does: a database that is down
-                # for an hour must not fill the log with tracebacks.
-                log.warning("sr.import.retry error=%r backoff_s=%.1f", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            if not busy:
-                self._stop.wait(self._poll_seconds)
 
     def step(self) -> int:
         """Look at up to one batch of new SRs; how many were looked at."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from atrium.slides.bulk_annotations import (
     read_bulk_annotations,
 )
 from atrium.slides.dicom_wsi import WsiSeries
+from atrium.workers import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -164,46 +164,23 @@ def import_object(conn: Any, candidate: AnnCandidate, target: Target,
     return len(created)
 
 
-class AnnImporter:
+class AnnImporter(PollingWorker):
     """Polls the mirror for ANN instances not yet looked at; a daemon thread."""
+
+    thread_name = "atrium-ann-import"
+    log_name = "ann.import"
 
     def __init__(self, connect: Callable[[], Any], read_file: Callable[[str], bytes], *,
                  ready: Callable[[], bool] = lambda: True, poll_seconds: float = 1.0,
                  batch: int = 20) -> None:
+        super().__init__(ready=ready, poll_seconds=poll_seconds, batch=batch)
         self._connect = connect
         self._read_file = read_file
-        self._ready = ready
-        self._poll_seconds = poll_seconds
-        self._batch = batch
         self._failures: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="atrium-ann-import", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._ready():
-            if self._stop.wait(self._poll_seconds):
-                return
-        backoff = self._poll_seconds
-        while not self._stop.is_set():
-            try:
-                self.step()
-                backoff = self._poll_seconds
-            except Exception as exc:  # noqa: BLE001 — the worker must outlive any failure
-                log.warning("ann.import.retry error=%r backoff_s=%.1f", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            # Objects waiting for their slide stay candidates: poll, never spin.
-            self._stop.wait(self._poll_seconds)
+    def busy(self, looked_at: int) -> bool:
+        # Objects waiting for their slide stay candidates: poll, never spin.
+        return False
 
     def step(self) -> int:
         """Look at up to one batch of new ANN objects; how many were looked at."""

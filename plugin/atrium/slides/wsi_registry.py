@@ -29,7 +29,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
-import threading
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from pydicom.uid import UID
 
 from atrium.auth.audit import AuditEvent, record
 from atrium.slides.dicom_wsi import WSI_SOP_CLASS, UnusableSeries, WsiSeries, describe_series
+from atrium.workers import PollingWorker
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def retire_series(conn: Any, candidate: SeriesCandidate, fingerprint: str | None
 
 # --------------------------------------------------------------- the worker
 
-class WsiRegistry:
+class WsiRegistry(PollingWorker):
     """Polls the mirror for microscopy series that changed; a daemon thread.
 
     ``read_tags(orthanc_id)`` gives an instance's simplified tags from Orthanc;
@@ -247,47 +247,19 @@ class WsiRegistry:
     what this process caches of the old version (open readers, tiles) is dropped.
     """
 
+    thread_name = "atrium-wsi-registry"
+    log_name = "wsi.registry"
+
     def __init__(self, connect: Callable[[], Any], read_tags: Callable[[str], Mapping[str, Any]],
                  *, ready: Callable[[], bool] = lambda: True, poll_seconds: float = 1.0,
                  settle_seconds: float = 1.0, batch: int = 20,
                  changed: Callable[[uuid.UUID], None] = lambda slide_row: None) -> None:
+        super().__init__(ready=ready, poll_seconds=poll_seconds, batch=batch)
         self._connect = connect
         self._read_tags = read_tags
-        self._ready = ready
-        self._poll_seconds = poll_seconds
         self._settle_seconds = settle_seconds
-        self._batch = batch
         self._changed = changed
         self._failures: dict[uuid.UUID, int] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="atrium-wsi-registry",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def _run(self) -> None:
-        while not self._ready():  # the schema is migrated by the mirror's start-up
-            if self._stop.wait(self._poll_seconds):
-                return
-        backoff = self._poll_seconds
-        while not self._stop.is_set():
-            try:
-                busy = self.step() == self._batch
-                backoff = self._poll_seconds
-            except Exception as exc:  # noqa: BLE001 — the worker must outlive any failure
-                log.warning("wsi.registry.retry error=%r backoff_s=%.1f", exc, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            if not busy:
-                self._stop.wait(self._poll_seconds)
 
     def step(self) -> int:
         """Look at up to one batch of changed series; how many were looked at."""
