@@ -1,1 +1,0 @@
-"""Signal recordings (ECG, EEG): file readers and writers, the lossless codec, the store."""
