@@ -1,0 +1,393 @@
+"""Recordings in PostgreSQL: a ``recordings`` row and its ``signal_segments``.
+
+Samples are cut into windows of at most :data:`WINDOW_SECONDS` of the
+recording's frames. In each window the channels that share an own sampling rate
+(the same ``samples_per_frame``) form a *block*, coded jointly by
+:func:`atrium.signals.codec.encode_block` (inter-channel prediction makes a
+12-lead window far smaller than twelve single leads). ``signal_segments`` keeps
+one row per channel per window, as the data model says: the block's blob sits
+in the row of its first channel (the *lead*), the other channels' rows carry no
+blob and name their lead in ``annotations`` (see ``docs/SIGNALS.md``,
+"Storage"). Reading fetches only the lead rows of the windows that overlap the
+requested time span, through the primary key ``(recording_id, segment_start,
+channel_index)``, and decodes only those blobs.
+
+Nothing here checks organization scope: callers find the recording in the
+caller's scope first. Errors are :mod:`atrium.errors` exceptions (400, 404).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+from psycopg.types.json import Jsonb
+
+from atrium.errors import BadRequest, NotFound
+from atrium.signals import codec
+from atrium.signals.model import Recording
+
+__all__ = [
+    "RESERVED_METADATA_KEYS",
+    "WINDOW_SECONDS",
+    "decimation_edges",
+    "min_max_decimate",
+    "read_window",
+    "write_recording",
+]
+
+log = logging.getLogger(__name__)
+
+WINDOW_SECONDS: Final = 10.0
+"""A segment covers at most this many seconds (``floor(10 × frame rate)`` frames)."""
+
+RESERVED_METADATA_KEYS: Final = frozenset({"channels", "events", "storage", "frame_rate",
+                                           "frames", "name", "file_start"})
+"""Keys of ``recordings.metadata`` that the store writes; a caller's may not use them."""
+
+_STORAGE_CODEC: Final = "atrium-signal"
+
+_INSERT_RECORDING: Final = (
+    "INSERT INTO recordings (recording_type, patient_id, organization_id, recording_date, "
+    "duration_seconds, sampling_rate, number_of_channels, metadata) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id")
+_COPY_SEGMENTS: Final = (
+    "COPY signal_segments (recording_id, channel_index, segment_start, segment_end, "
+    "data_blob, annotations) FROM STDIN")
+_RECORDING_LAYOUT: Final = (
+    "SELECT recording_date, metadata -> 'storage', metadata -> 'channels' "
+    "FROM recordings WHERE id = %s")
+SEGMENTS_QUERY: Final = (
+    "SELECT channel_index, segment_start, data_blob FROM signal_segments "
+    "WHERE recording_id = %s AND segment_start >= %s AND segment_start <= %s "
+    "AND channel_index = ANY(%s) AND data_blob IS NOT NULL")
+"""The blobs of some blocks' lead channels over a range of window starts; the
+primary key's index answers it and the range on ``segment_start`` prunes months."""
+
+
+# --- layout -----------------------------------------------------------------------
+
+
+def _window_frames(frame_rate: float) -> int:
+    return max(1, math.floor(WINDOW_SECONDS * frame_rate + 1e-9))
+
+
+def _blocks(samples_per_frame: Sequence[int]) -> list[list[int]]:
+    """Channel indices grouped by own rate, in index order, at most 255 per block."""
+    by_rate: dict[int, list[int]] = {}
+    for index, spf in enumerate(samples_per_frame):
+        by_rate.setdefault(spf, []).append(index)
+    blocks = []
+    for members in sorted(by_rate.values(), key=lambda m: m[0]):
+        for i in range(0, len(members), codec.MAX_CHANNELS):
+            blocks.append(members[i:i + codec.MAX_CHANNELS])
+    return blocks
+
+
+def _frame_time(origin: dt.datetime, frame: int, frame_rate: float) -> dt.datetime:
+    """The instant of ``frame``, to the microsecond; the same on write and read,
+    so that a window's ``segment_start`` can be found by equality."""
+    return origin + dt.timedelta(microseconds=round(frame * 1_000_000 / frame_rate))
+
+
+def _first_sample_at(t: float, rate: float, count: int) -> int:
+    """The smallest ``i`` in ``[0, count]`` with ``t <= i / rate`` (``count`` if none)."""
+    if t <= 0:
+        return 0
+    i = min(count, math.ceil(t * rate))
+    while i > 0 and (i - 1) / rate >= t:
+        i -= 1
+    while i < count and i / rate < t:
+        i += 1
+    return i
+
+
+def _as_utc(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment
+
+
+# --- writing ----------------------------------------------------------------------
+
+
+def _channel_metadata(recording: Recording) -> list[dict[str, Any]]:
+    channels = []
+    for c in recording.channels:
+        entry: dict[str, Any] = {
+            "name": c.name, "units": c.units, "gain": c.gain, "baseline": c.baseline,
+            "adc_resolution": c.adc_resolution, "sampling_rate": c.sampling_rate,
+            "samples_per_frame": c.samples_per_frame, "initial_value": c.initial_value,
+            "transducer": c.transducer, "prefilter": c.prefilter,
+        }
+        if c.edf_range is not None:
+            r = c.edf_range
+            entry["edf_range"] = {"physical_min": r.physical_min, "physical_max": r.physical_max,
+                                  "digital_min": r.digital_min, "digital_max": r.digital_max}
+        channels.append(entry)
+    return channels
+
+
+def _event_metadata(recording: Recording) -> list[dict[str, Any]]:
+    events = []
+    for e in recording.events:
+        entry: dict[str, Any] = {"time": e.time, "sample": e.sample, "label": e.label}
+        optional = {"channel": e.channel, "text": e.text, "duration": e.duration}
+        entry.update({k: v for k, v in optional.items() if v is not None})
+        if e.subtype:
+            entry["subtype"] = e.subtype
+        if e.number:
+            entry["number"] = e.number
+        events.append(entry)
+    return events
+
+
+def _encoded_windows(recording: Recording, blocks: list[list[int]], window: int
+                     ) -> list[tuple[int, int, list[bytes]]]:
+    """``(first frame, end frame, one blob per block)`` for every window."""
+    out = []
+    for first in range(0, recording.frames, window):
+        end = min(first + window, recording.frames)
+        blobs = []
+        for block in blocks:
+            spf = recording.channels[block[0]].samples_per_frame
+            rows = np.stack([recording.channels[c].samples[first * spf:end * spf]
+                             for c in block])
+            blobs.append(codec.encode_block(rows))
+        out.append((first, end, blobs))
+    return out
+
+
+def write_recording(conn: Any, recording: Recording, *, organization_id: uuid.UUID,
+                    patient_id: uuid.UUID | None, recording_type: str,
+                    recording_date: dt.datetime | None,
+                    metadata: Mapping[str, Any] | None = None) -> uuid.UUID:
+    """Store ``recording`` (its digital samples, channels and events) and return its id.
+
+    Parameters
+    ----------
+    conn : psycopg.Connection
+        Rows are written in one transaction (a savepoint if one is open).
+        Segments are encoded before it starts, so no lock is held while coding.
+    recording : Recording
+        As a reader gives it.
+    organization_id, patient_id : uuid.UUID
+        The owner; ``patient_id`` may be ``None``.
+    recording_type : str
+        ``ECG``, ``EEG``, … (at most 50 characters).
+    recording_date : datetime.datetime or None
+        The instant of the first frame. ``None`` takes the file's start, else the
+        current time. A naive datetime (files carry no zone) is taken as UTC.
+        Segment times are this plus the frame's offset, to the microsecond.
+    metadata : mapping, optional
+        The caller's fields, kept beside the store's own keys
+        (:data:`RESERVED_METADATA_KEYS`).
+
+    The ``sampling_rate`` column is an integer: the frame rate rounded (at
+    least 1). The exact rate is ``metadata.frame_rate`` and each channel's own
+    rate ``metadata.channels[i].sampling_rate``; reading uses those. Events go
+    to ``metadata.events``.
+
+    Raises
+    ------
+    BadRequest
+        ``metadata`` uses a reserved key, or ``recording_type`` is empty or too long.
+    """
+    extra = dict(metadata or {})
+    clash = sorted(RESERVED_METADATA_KEYS.intersection(extra))
+    if clash:
+        raise BadRequest(f"metadata keys {', '.join(clash)} are written by Atrium; "
+                         "rename them")
+    if not recording_type or len(recording_type) > 50:
+        raise BadRequest("recording_type must be 1 to 50 characters (ECG, EEG, ...)")
+    if recording_date is None:
+        recording_date = recording.start or dt.datetime.now(dt.UTC)
+    origin = _as_utc(recording_date)
+    frame_rate = float(recording.sampling_rate)
+    window = _window_frames(frame_rate)
+    blocks = _blocks([c.samples_per_frame for c in recording.channels])
+    windows = _encoded_windows(recording, blocks, window)
+    stored = {
+        **extra,
+        "name": recording.name,
+        "file_start": recording.start.isoformat() if recording.start else None,
+        "frame_rate": frame_rate,
+        "frames": recording.frames,
+        "channels": _channel_metadata(recording),
+        "events": _event_metadata(recording),
+        "storage": {"codec": _STORAGE_CODEC, "codec_version": codec.VERSION,
+                    "frame_rate": frame_rate, "frames": recording.frames,
+                    "window_frames": window, "blocks": blocks},
+    }
+    with conn.transaction():
+        row = conn.execute(_INSERT_RECORDING, (
+            recording_type, patient_id, organization_id, origin, recording.duration,
+            max(1, round(frame_rate)), len(recording.channels), Jsonb(stored))).fetchone()
+        recording_id = uuid.UUID(str(row[0]))
+        with conn.cursor() as cur, cur.copy(_COPY_SEGMENTS) as copy:
+            for first, end, blobs in windows:
+                start_at = _frame_time(origin, first, frame_rate)
+                end_at = _frame_time(origin, end, frame_rate)
+                for block, blob in zip(blocks, blobs, strict=True):
+                    lead = block[0]
+                    copy.write_row((recording_id, lead, start_at, end_at, blob,
+                                    Jsonb({"block": lead, "channels": block})))
+                    for member in block[1:]:
+                        copy.write_row((recording_id, member, start_at, end_at, None,
+                                        Jsonb({"block": lead})))
+    stored_bytes = sum(len(b) for _, _, blobs in windows for b in blobs)
+    log.info("recording stored recording_id=%s channels=%d frames=%d windows=%d blocks=%d "
+             "bytes=%d", recording_id, len(recording.channels), recording.frames,
+             len(windows), len(blocks), stored_bytes)
+    return recording_id
+
+
+# --- reading ----------------------------------------------------------------------
+
+
+def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
+                end: float | None = None, channels: Sequence[int] | None = None
+                ) -> dict[int, NDArray[np.int32]]:
+    """The digital samples of ``channels`` in the time span ``[start, end)``.
+
+    Channel ``c`` at its own rate ``r`` gives its samples ``i`` with
+    ``start <= i / r < end`` (seconds from the recording's first frame), as int32,
+    so a faster channel gives proportionally more samples. ``end=None`` means
+    the end of the recording; a span past the end is cut to it (possibly empty).
+    ``channels=None`` means all, else the indices in the order given (a repeated
+    index once). Only the windows overlapping the span are fetched and decoded.
+
+    Raises
+    ------
+    BadRequest
+        ``start`` or ``end`` not finite, ``end < start``, or a channel index out of range.
+    NotFound
+        No recording ``recording_id``.
+    """
+    if not math.isfinite(start) or (end is not None and not math.isfinite(end)):
+        raise BadRequest("start and end must be finite numbers of seconds")
+    if end is not None and end < start:
+        raise BadRequest(f"end ({end}) is before start ({start})")
+    row = conn.execute(_RECORDING_LAYOUT, (recording_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no recording {recording_id}")
+    origin, storage, channel_meta = row
+    frame_rate, frames = float(storage["frame_rate"]), int(storage["frames"])
+    window = int(storage["window_frames"])
+    lead_of = {c: (block[0], pos) for block in storage["blocks"]
+               for pos, c in enumerate(block)}
+    asked = range(len(channel_meta)) if channels is None else channels
+    bad = [c for c in asked if isinstance(c, bool) or not isinstance(c, int | np.integer)
+           or not 0 <= c < len(channel_meta)]
+    if bad:
+        raise BadRequest(f"channel indices {bad} do not exist; the recording has "
+                         f"{len(channel_meta)} channels (0 to {len(channel_meta) - 1})")
+    wanted = list(dict.fromkeys(int(c) for c in asked))
+    spans: dict[int, tuple[int, int, int]] = {}
+    needed: set[tuple[int, int]] = set()
+    for c in wanted:
+        spf, rate = int(channel_meta[c]["samples_per_frame"]), float(
+            channel_meta[c]["sampling_rate"])
+        count = frames * spf
+        lo = _first_sample_at(start, rate, count)
+        hi = count if end is None else _first_sample_at(end, rate, count)
+        hi = max(lo, hi)
+        spans[c] = (lo, hi, spf)
+        if hi > lo:
+            for k in range(lo // spf // window, (hi - 1) // spf // window + 1):
+                needed.add((lead_of[c][0], k))
+    result = {c: np.empty(spans[c][1] - spans[c][0], dtype=np.int32) for c in wanted}
+    decoded = _fetch_blocks(conn, recording_id, origin, frame_rate, window, needed)
+    for c in wanted:
+        lo, hi, spf = spans[c]
+        lead, pos = lead_of[c]
+        out = result[c]
+        if hi == lo:
+            continue
+        for k in range(lo // spf // window, (hi - 1) // spf // window + 1):
+            block = decoded[(lead, k)]
+            base = k * window * spf
+            a, b = max(lo, base), min(hi, base + block.shape[1])
+            out[a - lo:b - lo] = block[pos, a - base:b - base]
+    return result
+
+
+def _fetch_blocks(conn: Any, recording_id: uuid.UUID, origin: dt.datetime, frame_rate: float,
+                  window: int, needed: set[tuple[int, int]]
+                  ) -> dict[tuple[int, int], NDArray[np.int32]]:
+    """Decode the blobs of ``needed`` ``(lead channel, window index)`` pairs, in one query."""
+    if not needed:
+        return {}
+    k_lo, k_hi = min(k for _, k in needed), max(k for _, k in needed)
+    window_of = {_frame_time(origin, k * window, frame_rate): k for k in range(k_lo, k_hi + 1)}
+    leads = sorted({lead for lead, _ in needed})
+    decoded: dict[tuple[int, int], NDArray[np.int32]] = {}
+    for lead, segment_start, blob in conn.execute(
+            SEGMENTS_QUERY, (recording_id, min(window_of), max(window_of), leads), binary=True):
+        index = window_of.get(segment_start)
+        if index is not None and (lead, index) in needed:
+            decoded[(lead, index)] = codec.decode(bytes(blob))
+    missing = needed.difference(decoded)
+    if missing:
+        lead, index = min(missing)
+        raise RuntimeError(f"recording {recording_id} lacks {len(missing)} segment(s), e.g. "
+                           f"block {lead} window {index}; its rows were changed outside Atrium")
+    return decoded
+
+
+# --- display ----------------------------------------------------------------------
+
+
+def decimation_edges(n: int, max_points: int) -> NDArray[np.int64]:
+    """Bucket boundaries :func:`min_max_decimate` uses for ``n`` samples:
+    ``max_points // 2`` buckets of nearly equal size (bucket ``b`` is
+    ``[edges[b], edges[b + 1])``), or one bucket per sample when ``n <= max_points``."""
+    if max_points < 2:
+        raise ValueError("max_points must be at least 2 (a minimum and a maximum)")
+    buckets = n if n <= max_points else max_points // 2
+    return (np.arange(buckets + 1, dtype=np.int64) * n) // max(buckets, 1)
+
+
+def min_max_decimate(samples: NDArray[Any], max_points: int
+                     ) -> tuple[NDArray[np.int64], NDArray[Any]]:
+    """Reduce ``samples`` to at most ``max_points`` points for display.
+
+    The samples are cut into ``max_points // 2`` buckets of nearly equal length
+    (:func:`decimation_edges`); each bucket contributes its minimum and its
+    maximum (the first occurrence of each), in time order, or one point when
+    they are the same sample — so a one-sample spike is never lost. When
+    ``len(samples) <= max_points`` every sample is kept.
+
+    Returns
+    -------
+    (indices, values)
+        ``indices`` (int64, strictly increasing) are positions in ``samples``;
+        the caller turns them into times (``(first + index) / rate``).
+        ``values`` is ``samples[indices]``.
+
+    Raises
+    ------
+    ValueError
+        ``max_points < 2`` or ``samples`` not one-dimensional.
+    """
+    values = np.asarray(samples)
+    if values.ndim != 1:
+        raise ValueError("samples must be one-dimensional")
+    n = values.size
+    edges = decimation_edges(n, max_points)
+    if n <= max_points:
+        return np.arange(n, dtype=np.int64), values.copy()
+    starts = edges[:-1]
+    bucket = np.repeat(np.arange(starts.size), np.diff(edges))
+    picks = []
+    for reduce in (np.minimum, np.maximum):
+        extreme = reduce.reduceat(values, starts)
+        hits = np.flatnonzero(values == extreme[bucket])
+        _, first = np.unique(bucket[hits], return_index=True)
+        picks.append(hits[first])
+    indices = np.unique(np.concatenate(picks)).astype(np.int64)
+    return indices, values[indices]
