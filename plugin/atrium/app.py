@@ -30,6 +30,7 @@ from atrium.api import (
     organizations,
     patients,
     predictions,
+    recordings,
     slide_annotation_reports,
     slide_viewer,
     slides,
@@ -346,6 +347,7 @@ class Atrium:
                              *slide_annotation_reports.routes(app),
                              *uploads.routes(app),
                              *slides.routes(app),
+                             *recordings.routes(app),
                              *slide_viewer.routes(app)], guard=guard)
         app.api = AuditedApi(app.router, pool.connection)
         app.dicom = dicom_network(settings, pool)

@@ -200,10 +200,13 @@ def world(atrium: AtriumUnderTest, tmp_path_factory: pytest.TempPathFactory
                             files={"file": ("b.tiff", slide_file.getvalue())},
                             data={"slide_id": unique("B-")}).json()["id"]
     upload_b = owner.post("/api/uploads", {"filename": "b.svs", "size": 10}).json()["id"]
+    recording_b = owner.post("/api/recordings", {
+        "recording_type": "ECG", "sampling_rate": 10, "patient_id": patient_b,
+        "channels": [{"name": "I", "samples": [1, 2, 3]}]}).json()["id"]
     foreign = {"organizations": org_b, "users": user_b, "patients": patient_b,
                "studies": study_b, "series": series_b, "instances": instance_b,
                "jobs": job_b, "annotations": annotation_b, "predictions": prediction_b,
-               "slides": slide_b, "uploads": upload_b}
+               "slides": slide_b, "uploads": upload_b, "recordings": recording_b}
 
     outsider_org = unique("Isolated ")
     outsider = Client(atrium, "admin", outsider_org, user=unique("a-admin-"))

@@ -55,7 +55,8 @@ _LOOKUP = {
     "recording": """
         SELECT r.organization_id, r.patient_id, p.is_deidentified
         FROM recordings r LEFT JOIN patients p ON p.id = r.patient_id
-        WHERE r.id = %s AND (r.patient_id IS NULL OR p.deleted_at IS NULL)""",
+        WHERE r.id = %s AND r.deleted_at IS NULL
+          AND (r.patient_id IS NULL OR p.deleted_at IS NULL)""",
 }
 
 
