@@ -44,7 +44,7 @@ from atrium.api.schema import (
     string,
     uuid,
 )
-from atrium.api.scope import Conditions, organization_scope, patient_scope
+from atrium.api.scope import owned_scope, patient_scope
 from atrium.api.slides import MULTIPART_NOTE, checked_file_name
 from atrium.auth.principal import Permission
 from atrium.errors import BadRequest, FieldError, NotFound, ServiceUnavailable
@@ -58,7 +58,7 @@ from atrium.storage import StorageError
 if TYPE_CHECKING:
     from atrium.app import Atrium
 
-__all__ = ["BINARY_MAGIC", "RECORDING", "recording_scope", "routes"]
+__all__ = ["BINARY_MAGIC", "RECORDING", "routes"]
 
 log = logging.getLogger(__name__)
 
@@ -166,16 +166,6 @@ _FILTERS = {
     "sop_instance_uid": "r.metadata ->> 'sop_instance_uid' = %s",
 }
 _FIELDS_VALIDATOR = compile_schema(NEW_RECORDING_FIELDS, what="recording fields")
-
-
-def recording_scope(caller: Any) -> Conditions:
-    """Recordings the caller may see: their organization's, live, whose patient (if
-    any) is live and, without ``READ_PHI``, de-identified."""
-    where = organization_scope(caller, "r").add(
-        "r.deleted_at IS NULL AND (r.patient_id IS NULL OR p.deleted_at IS NULL)")
-    if not caller.can_read_phi:
-        where.add("r.patient_id IS NULL OR p.is_deidentified")
-    return where
 
 
 def _recording(row: tuple[Any, ...]) -> tuple[dict[str, Any], bool]:
@@ -320,7 +310,7 @@ def routes(app: Atrium) -> list[Route]:
     max_request = app.settings.upload_max_request_bytes
 
     def find(conn: Any, request: Request, recording_id: Any) -> tuple[dict[str, Any], bool]:
-        where = recording_scope(request.caller).add("r.id = %s", recording_id)
+        where = owned_scope(request.caller, "r").add("r.id = %s", recording_id)
         row = conn.execute(sql.SQL("{} WHERE {}").format(_SELECT, where.sql()),
                            where.params).fetchone()
         if row is None:
@@ -399,7 +389,7 @@ def routes(app: Atrium) -> list[Route]:
         args = request.args
         wanted = ORDER.request(args)
         after, values = ORDER.after(wanted)
-        where = recording_scope(request.caller).add(after, *values)
+        where = owned_scope(request.caller, "r").add(after, *values)
         for name, condition in _FILTERS.items():
             if name in args:
                 where.add(condition, args[name])

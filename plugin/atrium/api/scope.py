@@ -37,7 +37,7 @@ from atrium.errors import BadRequest, FieldError, Forbidden
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Conditions", "SourceOrganizations", "live_study_scope", "organization_scope",
+    "Conditions", "SourceOrganizations", "live_study_scope", "organization_scope", "owned_scope",
     "patient_scope",
     "prefix_tsquery", "require_live_organization", "require_words", "study_scope",
 ]
@@ -95,6 +95,20 @@ def patient_scope(caller: Any, p: str = "p") -> Conditions:
         sql.SQL("{} IS NULL").format(_col(p, "deleted_at")))
     if not caller.can_read_phi:
         where.add(sql.SQL("{}").format(_col(p, "is_deidentified")))
+    return where
+
+
+def owned_scope(caller: Any, alias: str, p: str = "p") -> Conditions:
+    """Rows of their own that may have a patient — slides, recordings — the caller may
+    see: their live organization's, not soft-deleted, whose patient (if any) is live
+    and, without ``READ_PHI``, de-identified. The query ``LEFT JOIN patients {p}``."""
+    a, patient = sql.Identifier(alias), sql.Identifier(p)
+    where = organization_scope(caller, alias).add(sql.SQL(
+        "{a}.deleted_at IS NULL AND ({a}.patient_id IS NULL OR {p}.deleted_at IS NULL)"
+    ).format(a=a, p=patient))
+    if not caller.can_read_phi:
+        where.add(sql.SQL("{a}.patient_id IS NULL OR {p}.is_deidentified").format(
+            a=a, p=patient))
     return where
 
 

@@ -55,7 +55,7 @@ from atrium.api.schema import (
     string,
     uuid,
 )
-from atrium.api.scope import Conditions, organization_scope, patient_scope
+from atrium.api.scope import owned_scope, patient_scope
 from atrium.auth.principal import Permission
 from atrium.errors import BadRequest, Conflict, FieldError, NotFound, ServiceUnavailable
 from atrium.slides.deepzoom import dzi_descriptor
@@ -200,16 +200,6 @@ class _RecentlyVisible:
             self._known.clear()
 
 
-def slide_scope(caller: Any) -> Conditions:
-    """Slides the caller may see: their live organization's, live, whose patient (if
-    any) is live and, without ``READ_PHI``, de-identified."""
-    where = organization_scope(caller, "sl").add(
-        "sl.deleted_at IS NULL AND (sl.patient_id IS NULL OR p.deleted_at IS NULL)")
-    if not caller.can_read_phi:
-        where.add("sl.patient_id IS NULL OR p.is_deidentified")
-    return where
-
-
 def _slide(row: tuple[Any, ...]) -> tuple[dict[str, Any], bool]:
     return dict(zip(_COLUMNS, row[:-1], strict=True)), bool(row[-1])
 
@@ -269,7 +259,7 @@ def routes(app: Atrium) -> list[Route]:
         known = recently_visible.get(key)
         if known is not None:
             return known
-        where = slide_scope(caller).add("sl.id = %s", request.params["id"])
+        where = owned_scope(caller, "sl").add("sl.id = %s", request.params["id"])
         with app.pool.connection() as conn:
             row = conn.execute(sql.SQL("{} WHERE {}").format(_SELECT_REF, where.sql()),
                                where.params).fetchone()
@@ -296,7 +286,7 @@ def routes(app: Atrium) -> list[Route]:
     # ----------------------------------------------------------------- resource
 
     def find(conn: Any, request: Request, slide_id: Any) -> tuple[dict[str, Any], bool]:
-        where = slide_scope(request.caller).add("sl.id = %s", slide_id)
+        where = owned_scope(request.caller, "sl").add("sl.id = %s", slide_id)
         row = conn.execute(sql.SQL("{} WHERE {}").format(_SELECT, where.sql()),
                            where.params).fetchone()
         if row is None:
@@ -407,7 +397,7 @@ def routes(app: Atrium) -> list[Route]:
         args = request.args
         wanted = ORDER.request(args)
         after, values = ORDER.after(wanted)
-        where = slide_scope(request.caller).add(after, *values)
+        where = owned_scope(request.caller, "sl").add(after, *values)
         for name, condition in _FILTERS.items():
             if name in args:
                 where.add(condition, args[name])
