@@ -50,7 +50,8 @@ def guard(tmp_path: Path, files: dict[str, bytes]) -> tuple[InstanceGuard, FakeQ
 
 
 def dead_process_memory(directory: Path, ids: list[str]) -> None:
-    """What a process that crashed while parsing ``ids`` leaves behind."""
+    """What a process that died while parsing ``ids`` leaves behind (a line
+    ``<id> again``: it was being read again alone after an earlier death)."""
     # A pid that is no longer running: a finished child's.
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
@@ -62,7 +63,9 @@ def test_the_memory_holds_what_is_being_parsed_and_only_that(tmp_path: Path) -> 
     memory = ParseMemory(tmp_path)
     mine = tmp_path / str(os.getpid())
     with memory.parsing("a"), memory.parsing("b"):
-        assert sorted(mine.read_text().split()) == ["a", "b"]
+        assert sorted(mine.read_text().splitlines()) == ["a", "b"]
+        with memory.parsing("c", again=True):
+            assert sorted(mine.read_text().splitlines()) == ["a", "b", "c again"]
     assert not mine.exists()
     with pytest.raises(RuntimeError), memory.parsing("c"):
         raise RuntimeError("Orthanc answered badly")
@@ -73,8 +76,8 @@ def test_what_a_dead_process_left_is_handed_over_once(tmp_path: Path) -> None:
     dead_process_memory(tmp_path, ["x", "y"])
     memory = ParseMemory(tmp_path)
     with memory.parsing("mine"):
-        assert memory.left_over() == ["x", "y"]
-        assert memory.left_over() == [], "handed over once"
+        assert memory.left_over() == {"x": False, "y": False}
+        assert memory.left_over() == {}, "handed over once"
         assert (tmp_path / str(os.getpid())).exists(), "a live process's memory stays"
 
 
@@ -96,13 +99,32 @@ def test_a_file_that_has_gone_is_an_orthanc_404(tmp_path: Path) -> None:
     assert gone.value.status == 404
 
 
-def test_one_file_in_flight_at_a_crash_is_quarantined(tmp_path: Path) -> None:
-    dead_process_memory(tmp_path, ["culprit"])
-    instance_guard, quarantine = guard(tmp_path, {"culprit": hostile.ordinary()})
+def test_one_file_in_flight_when_the_process_died_is_read_again_not_quarantined(
+        tmp_path: Path) -> None:
+    """kill -9 or the OOM killer under an ordinary parse: the file is read again
+    alone, marked, and kept."""
+    dead_process_memory(tmp_path, ["innocent"])
+    instance_guard, quarantine = guard(tmp_path, {"innocent": hostile.ordinary()})
+    alone: list[list[str]] = []
+
+    def reparse(orthanc_id: str) -> None:
+        alone.append((tmp_path / str(os.getpid())).read_text().splitlines())
+
+    assert instance_guard.recover(reparse) == []
+    assert alone == [["innocent again"]]
+    assert quarantine.added == []
+    assert not (tmp_path / str(os.getpid())).exists()
+
+
+def test_a_file_that_stops_orthanc_again_when_read_alone_is_quarantined(
+        tmp_path: Path) -> None:
+    dead_process_memory(tmp_path, ["culprit again", "bystander"])
+    instance_guard, quarantine = guard(tmp_path, {"culprit": hostile.ordinary(),
+                                                  "bystander": hostile.ordinary()})
     reparsed: list[str] = []
     assert instance_guard.recover(reparsed.append) == ["culprit"]
     assert quarantine.added == [("culprit", "crash")]
-    assert reparsed == []
+    assert reparsed == ["bystander"], "a suspect of the second death is read again alone"
     assert "stopped while reading" in CRASH_REASON
 
 
@@ -114,10 +136,10 @@ def test_several_in_flight_are_each_read_again_alone(tmp_path: Path) -> None:
 
     def reparse(orthanc_id: str) -> None:
         # What the memory holds while this one is parsed: it alone.
-        alone.append((tmp_path / str(os.getpid())).read_text().split())
+        alone.append((tmp_path / str(os.getpid())).read_text().splitlines())
 
     assert instance_guard.recover(reparse) == []
-    assert alone == [["a"], ["b"]]
+    assert alone == [["a again"], ["b again"]]
     assert quarantine.added == []
 
 

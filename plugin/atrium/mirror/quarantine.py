@@ -10,9 +10,12 @@ asks again after every restart, keeps killing it. Two layers stop that:
   :func:`atrium.dicom.scan.scan_stream`. A file it refuses is quarantined.
 * **Crash memory.** Around every parse Atrium causes, :class:`ParseMemory` keeps
   the instance's id in a small file of its own process. A crash leaves the file
-  behind; the next start reads it. One instance in flight: it is quarantined.
-  Several (parallel readers): each is read again *alone*, so that a second crash
-  names the one to blame — at most two crashes, never a loop.
+  behind; the next start reads it. The process may have ended for a reason of
+  its own (``kill -9``, the OOM killer, a power cut of its container), so a
+  suspect is not yet a culprit: each is read again *alone*, marked as such. Only
+  an instance that was being read again alone when the process died is
+  quarantined — at most two crashes, never a loop, and a file Orthanc reads
+  well is never set aside because the process was killed under it.
 
 Quarantine (:class:`Quarantine`) keeps the file in object storage
 (``quarantine/<orthanc id>.dcm``), records why in ``quarantined_instances``, writes
@@ -43,8 +46,9 @@ FileReader = Callable[[str], contextlib.AbstractContextManager[tuple[Callable[[i
                                                                       int | None]]]
 """Orthanc id → a context giving ``(read(n), size)`` over the instance's raw file."""
 
-CRASH_REASON = ("Orthanc stopped while reading this file for Atrium (a crash of the "
-                "process); it is kept aside so that it cannot stop Orthanc again.")
+CRASH_REASON = ("Orthanc stopped while reading this file for Atrium, and stopped again "
+                "when it was read alone; it is kept aside so that it cannot stop Orthanc "
+                "again.")
 
 
 class OrthancReader(Protocol):
@@ -53,43 +57,53 @@ class OrthancReader(Protocol):
     def delete(self, path: str) -> None: ...
 
 
+_AGAIN = "again"
+"""The mark of a parse that is itself the re-reading of a crash suspect."""
+
+
 class ParseMemory:
     """The instances whose files Orthanc is parsing for this process right now,
     written to ``<directory>/<pid>`` on every change (no fsync: it must outlive a
-    crash of the process, not of the machine)."""
+    crash of the process, not of the machine). One line per instance: its id, and
+    ``again`` when it is being read again alone after a crash."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._mine = self.directory / str(os.getpid())
-        self._in_flight: dict[str, int] = {}
+        self._in_flight: dict[tuple[str, bool], int] = {}
         self._lock = threading.Lock()
 
-    def left_over(self) -> list[str]:
+    def left_over(self) -> dict[str, bool]:
         """Instances other processes were parsing when they ended without clearing
-        them; their files are removed (the caller now owns the answer)."""
-        found: list[str] = []
+        them, each with whether it was already being read again alone; their files
+        are removed (the caller now owns the answer)."""
+        found: dict[str, bool] = {}
         if not self.directory.is_dir():
             return found
         for path in sorted(self.directory.iterdir()):
             if path == self._mine or (path.name.isdigit() and _alive(int(path.name))):
                 continue
             with contextlib.suppress(OSError):
-                found.extend(line for line in path.read_text().split() if line)
+                for line in path.read_text().splitlines():
+                    orthanc_id, _, mark = line.partition(" ")
+                    if orthanc_id:
+                        found[orthanc_id] = found.get(orthanc_id, False) or mark == _AGAIN
                 path.unlink()
-        return list(dict.fromkeys(found))
+        return found
 
     @contextlib.contextmanager
-    def parsing(self, orthanc_id: str) -> Iterator[None]:
+    def parsing(self, orthanc_id: str, again: bool = False) -> Iterator[None]:
+        key = (orthanc_id, again)
         with self._lock:
-            self._in_flight[orthanc_id] = self._in_flight.get(orthanc_id, 0) + 1
+            self._in_flight[key] = self._in_flight.get(key, 0) + 1
             self._write()
         try:
             yield
         finally:
             with self._lock:
-                count = self._in_flight.pop(orthanc_id, 1) - 1
+                count = self._in_flight.pop(key, 1) - 1
                 if count:
-                    self._in_flight[orthanc_id] = count
+                    self._in_flight[key] = count
                 self._write()
 
     def _write(self) -> None:
@@ -99,7 +113,8 @@ class ParseMemory:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         temporary = self._mine.with_suffix(".tmp")
-        temporary.write_text("\n".join(self._in_flight))
+        temporary.write_text("\n".join(f"{orthanc_id} {_AGAIN}" if again else orthanc_id
+                                       for orthanc_id, again in self._in_flight))
         temporary.replace(self._mine)
 
 
@@ -249,31 +264,36 @@ class InstanceGuard:
         return self.memory.parsing(orthanc_id)
 
     def recover(self, reparse: Callable[[str], Any]) -> list[str]:
-        """After a crash: quarantine the instance whose parse stopped Orthanc, or
-        re-read each of several suspects alone (``reparse``), so that a second crash
-        names one. Returns the instances quarantined now."""
+        """After the process died: quarantine each instance that was being read
+        again alone when it did (its parse stopped Orthanc twice), and read every
+        other suspect again alone (``reparse``) — the death may have had nothing to
+        do with it. Returns the instances quarantined now."""
         suspects = self.memory.left_over()
         if not suspects:
             return []
         log.warning("mirror.crash_suspects count=%d instances=%s", len(suspects),
-                    ",".join(suspects[:20]))
-        if len(suspects) == 1:
+                    ",".join(list(suspects)[:20]))
+        culprits = [orthanc_id for orthanc_id, again in suspects.items() if again]
+        quarantined: list[str] = []
+        for orthanc_id in culprits:
             try:
-                self.quarantine.add(suspects[0], CRASH_REASON, "crash")
+                self.quarantine.add(orthanc_id, CRASH_REASON, "crash")
+                quarantined.append(orthanc_id)
             except OrthancError as exc:
                 if exc.status != 404:
                     raise
-                return []
-            return suspects
         for orthanc_id in suspects:
+            if orthanc_id in culprits:
+                continue
             try:
                 if self.admit(orthanc_id):
-                    with self.parsing(orthanc_id):
+                    with self.memory.parsing(orthanc_id, again=True):
                         reparse(orthanc_id)
+                log.info("mirror.crash_suspect_cleared instance=%s", orthanc_id)
             except OrthancError as exc:
                 if exc.status != 404:
                     raise
-        return []
+        return quarantined
 
 
 def quarantine_listing(conn: Any, limit: int = 20) -> dict[str, Any]:
