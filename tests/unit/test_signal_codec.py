@@ -228,3 +228,48 @@ def test_s0010_re_takes_at_most_062_bytes_a_sample_all_leads_a_segment() -> None
 @needs_records
 def test_joint_segments_beat_flac_on_record_100_too() -> None:
     assert _joint_bytes("100") <= 0.48
+
+
+@needs_records
+def test_a_refit_of_an_earlier_shape_decodes_exactly_and_costs_about_the_same() -> None:
+    windows = _windows("s0010_re")
+    searched = encode_block(windows[0])
+    shape = read_info(searched)
+    for window in windows[1:4]:
+        refit = encode_block(window, like=shape)
+        np.testing.assert_array_equal(decode(refit), window)
+        info = read_info(refit)
+        assert [(len(p.own), p.sources) for p in info.predictors] == \
+            [(len(p.own), p.sources) for p in shape.predictors], "the shape is kept"
+        assert len(refit) <= 1.05 * len(encode_block(window))
+
+
+@given(channels=st.integers(1, 4), samples=st.integers(0, 300), seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_shape_refits_any_block_of_as_many_channels(channels: int, samples: int,
+                                                        seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    donor = np.cumsum(rng.integers(-50, 50, size=(channels, 400)), axis=1)
+    block = np.cumsum(rng.integers(-3000, 3000, size=(channels, samples)), axis=1)
+    block[-1] = block[0]  # a channel equal to an earlier one
+    refit = encode_block(block, like=read_info(encode_block(donor)))
+    np.testing.assert_array_equal(decode(refit), block)
+
+
+def test_a_shape_of_another_channel_count_is_refused() -> None:
+    shape = read_info(encode_block(np.zeros((2, 100), dtype=np.int32)))
+    with pytest.raises(ValueError, match="channels"):
+        encode_block(np.zeros((3, 100), dtype=np.int32), like=shape)
+
+
+@pytest.mark.parametrize("value", [2**31 - 1, -(2**31), 2**23 - 1])
+def test_a_copy_of_an_earlier_channel_costs_next_to_nothing_even_at_extreme_values(
+        value: int) -> None:
+    samples = np.full(400, value, dtype=np.int64)
+    samples[[17, 230]] = [0, -value // 2]
+    block = np.tile(samples, (5, 1))
+    segment = encode_block(block)
+    np.testing.assert_array_equal(decode(segment), block)
+    copy = read_info(segment).predictors[3]
+    assert copy.sources == (0,) and copy.own == ()
+    assert len(segment) <= len(encode_segment(samples)) + 4 * 40

@@ -21,8 +21,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import os
+import threading
 import uuid
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
 import numpy as np
@@ -46,6 +49,13 @@ log = logging.getLogger(__name__)
 
 WINDOW_SECONDS: Final = 10.0
 """A segment covers at most this many seconds (``floor(10 × frame rate)`` frames)."""
+
+SEARCH_EVERY: Final = 30
+"""Windows between two full predictor searches (5 minutes at 10 s windows)."""
+
+SEARCH_AGAIN_ABOVE: Final = 1.15
+"""A refitted window costing more than this times the last searched one's bytes
+a sample is searched afresh."""
 
 RESERVED_METADATA_KEYS: Final = frozenset({"channels", "events", "storage", "frame_rate",
                                            "frames", "name", "file_start"})
@@ -146,18 +156,46 @@ def _event_metadata(recording: Recording) -> list[dict[str, Any]]:
     return events
 
 
+class _BlockEncoder:
+    """Encodes one block's windows in order. The full predictor search runs on the
+    first window of every :data:`SEARCH_EVERY`; the windows between keep its
+    predictors' shape and refit their coefficients (``codec.encode_block(like=)``),
+    about twenty times faster and, on real ECG, within a fraction of a percent of
+    the size. A window whose refit codes more than :data:`SEARCH_AGAIN_ABOVE`
+    times the bytes a sample of the last searched window is searched afresh, so
+    a change in the signal (an electrode off, an artefact) costs nothing lasting."""
+
+    def __init__(self) -> None:
+        self._shape: codec.SegmentInfo | None = None
+        self._searched_cost = 0.0
+        self._count = 0
+
+    def encode(self, rows: NDArray[Any]) -> bytes:
+        size = max(rows.size, 1)
+        if self._shape is not None and self._count % SEARCH_EVERY:
+            blob = codec.encode_block(rows, like=self._shape)
+            if len(blob) / size <= self._searched_cost * SEARCH_AGAIN_ABOVE:
+                self._count += 1
+                return blob
+        blob = codec.encode_block(rows)
+        self._shape, self._searched_cost = codec.read_info(blob), len(blob) / size
+        self._count = 1
+        return blob
+
+
 def _encoded_windows(recording: Recording, blocks: list[list[int]], window: int
                      ) -> list[tuple[int, int, list[bytes]]]:
     """``(first frame, end frame, one blob per block)`` for every window."""
     out = []
+    encoders = [_BlockEncoder() for _ in blocks]
     for first in range(0, recording.frames, window):
         end = min(first + window, recording.frames)
         blobs = []
-        for block in blocks:
+        for block, encoder in zip(blocks, encoders, strict=True):
             spf = recording.channels[block[0]].samples_per_frame
             rows = np.stack([recording.channels[c].samples[first * spf:end * spf]
                              for c in block])
-            blobs.append(codec.encode_block(rows))
+            blobs.append(encoder.encode(rows))
         out.append((first, end, blobs))
     return out
 
@@ -325,18 +363,37 @@ def _fetch_blocks(conn: Any, recording_id: uuid.UUID, origin: dt.datetime, frame
     k_lo, k_hi = min(k for _, k in needed), max(k for _, k in needed)
     window_of = {_frame_time(origin, k * window, frame_rate): k for k in range(k_lo, k_hi + 1)}
     leads = sorted({lead for lead, _ in needed})
-    decoded: dict[tuple[int, int], NDArray[np.int32]] = {}
+    blobs: dict[tuple[int, int], bytes] = {}
     for lead, segment_start, blob in conn.execute(
             SEGMENTS_QUERY, (recording_id, min(window_of), max(window_of), leads), binary=True):
         index = window_of.get(segment_start)
         if index is not None and (lead, index) in needed:
-            decoded[(lead, index)] = codec.decode(bytes(blob))
+            blobs[(lead, index)] = bytes(blob)
+    decoded = dict(zip(blobs, _decode_all(list(blobs.values())), strict=True))
     missing = needed.difference(decoded)
     if missing:
         lead, index = min(missing)
         raise RuntimeError(f"recording {recording_id} lacks {len(missing)} segment(s), e.g. "
                            f"block {lead} window {index}; its rows were changed outside Atrium")
     return decoded
+
+
+_decoders: ThreadPoolExecutor | None = None
+_decoders_lock = threading.Lock()
+
+
+def _decode_all(blobs: list[bytes]) -> list[NDArray[np.int32]]:
+    """Decode segments, several at once on as many cores: the codec's loops
+    release the GIL, and a 10 s window that straddles two segments then costs
+    about one segment's time instead of two."""
+    global _decoders
+    if len(blobs) < 2:
+        return [codec.decode(blob) for blob in blobs]
+    with _decoders_lock:
+        if _decoders is None:
+            _decoders = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                           thread_name_prefix="atrium-signal-decode")
+    return list(_decoders.map(codec.decode, blobs))
 
 
 # --- display ----------------------------------------------------------------------
