@@ -63,6 +63,7 @@ from atrium.mirror.verify import compare, repair
 from atrium.mirror.writer import MirrorWriter
 from atrium.orthanc_api import HttpOrthancApi, OrthancApi, OrthancError
 from atrium.settings import PUBLIC_DICOMWEB_ROOT, Settings
+from atrium.signals.waveform_registry import WaveformRegistry
 from atrium.slides.ann_importer import AnnImporter
 from atrium.slides.dicom_wsi import FrameReader, open_dicom_slide
 from atrium.slides.library import SlideLibrary
@@ -265,6 +266,7 @@ class Atrium:
     sr_importer: SrImporter | None = None  # DICOM SRs arriving in Orthanc → annotations
     wsi_registry: WsiRegistry | None = None  # DICOM WSI series in Orthanc → slides
     ann_importer: AnnImporter | None = None  # DICOM bulk annotations in Orthanc → slides
+    waveform_registry: WaveformRegistry | None = None  # DICOM waveforms in Orthanc → recordings
     slides: SlideLibrary | None = None  # open slide readers and tiles (api.slides)
     dicom: DicomNetwork | None = None  # C-FIND/C-MOVE scoped per organization; C-GET refused
     # What a DICOM file may hold before any parser sees it (atrium.dicom.scan).
@@ -362,6 +364,9 @@ class Atrium:
         app.ann_importer = AnnImporter(
             pool.connection, lambda orthanc_id: reader.get_bytes(f"/instances/{orthanc_id}/file"),
             ready=lambda: worker.prepared)
+        app.waveform_registry = WaveformRegistry(
+            pool.connection, lambda orthanc_id: reader.get_bytes(f"/instances/{orthanc_id}/file"),
+            ready=lambda: worker.prepared, limits=app.dicom_limits)
         return app
 
     def start(self) -> None:
@@ -374,6 +379,8 @@ class Atrium:
             self.wsi_registry.start()
         if self.ann_importer is not None:
             self.ann_importer.start()
+        if self.waveform_registry is not None:
+            self.waveform_registry.start()
 
     def stop(self) -> None:
         if self.sr_importer is not None:
@@ -382,5 +389,7 @@ class Atrium:
             self.wsi_registry.stop()
         if self.ann_importer is not None:
             self.ann_importer.stop()
+        if self.waveform_registry is not None:
+            self.waveform_registry.stop()
         self.worker.stop()
         self.pool.close()
