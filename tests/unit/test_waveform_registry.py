@@ -65,7 +65,7 @@ def _candidate(**changes: object) -> WaveformCandidate:
 
 
 def test_every_extracted_class_is_under_the_prefix_the_registry_index_covers() -> None:
-    # sql/0022's partial index and the registry's query select on this prefix.
+    # sql/0021's partial index and the registry's query select on this prefix.
     assert all(uid.startswith("1.2.840.10008.5.1.4.1.1.9.") for uid in RECORDING_TYPES)
 
 

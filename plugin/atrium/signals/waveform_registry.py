@@ -12,7 +12,7 @@ instance's study's (same organization, same patient); :func:`recording_metadata`
 says what links them to the instance, :func:`channel_metadata` what each channel
 keeps of DICOM.
 
-``waveform_instances`` (sql/0022) records, per instance, the row version looked
+``waveform_instances`` (sql/0021) records, per instance, the row version looked
 at, a SHA-256 of the file and the recordings made. Each change is one
 transaction with that row and its audit rows, under an advisory lock per
 instance (several Atrium processes may share the database), so:
