@@ -408,3 +408,46 @@ def test_validator_for_uses_the_configured_issuer(issuer: OidcIssuer, tmp_path: 
                                   str(tmp_path), "ATRIUM_DATABASE_URL": "postgresql://x@h/db"})
     assert validator_for(settings).validate(issuer.mint()).organization == "Hospital A"
     assert not (tmp_path / "keys").exists()
+
+
+# -- remembered signatures -------------------------------------------------------------
+
+
+def test_a_tokens_signature_is_verified_once_and_its_claims_every_time(
+        issuer: OidcIssuer, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    import atrium.auth.tokens as tokens
+
+    verified: list[str] = []
+    real_decode = tokens.jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        verified.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(tokens.jwt, "decode", counting_decode)
+    check, token = validator(issuer, clock), issuer.mint()
+    for _ in range(3):
+        assert check.validate(token).username == "alice"
+    assert verified == [token]
+    clock.advance(300 + 31)
+    assert "expired" in refusal(check.validate, token).detail, "remembered, yet expired"
+
+
+def test_a_remembered_token_vouches_for_no_other_signature(issuer: OidcIssuer) -> None:
+    check, token = validator(issuer), issuer.mint()
+    check.validate(token)
+    head, payload, signature = token.split(".")
+    forged = ".".join([head, payload, signature[:-6] + ("AAAAAA" if signature[-6:] != "AAAAAA"
+                                                         else "BBBBBB")])
+    assert "signature" in refusal(check.validate, forged).detail
+
+
+def test_the_memory_of_verified_tokens_is_bounded(issuer: OidcIssuer,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import atrium.auth.tokens as tokens
+
+    monkeypatch.setattr(tokens, "VERIFIED_TOKENS", 3)
+    check = validator(issuer)
+    for n in range(5):
+        check.validate(issuer.token_for(f"user{n}", ["clinician"], "Hospital A"))
+    assert len(check._verified) == 3
