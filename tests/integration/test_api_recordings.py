@@ -1,12 +1,14 @@
-"""``/api/recordings`` against the real Orthanc: WFDB record 100 and an EDF file
-uploaded as forms, JSON samples, windows across segment boundaries equal to the
-readers' samples, binary answers, min/max decimation, events, lists, scope, soft
-delete and bad inputs that leave nothing behind."""
+"""``/api/recordings`` against the real Orthanc: every shared record (WFDB 100 and
+s0010_re, the EDF test generator with the EDF+ annotations of test_edfann) uploaded
+as forms and read back bit-exactly — through ``signal`` and through ``export`` —
+against wfdb and pyedflib; JSON samples, windows across segment boundaries, binary
+and Arrow answers equal to the JSON one, min/max decimation, events, the size caps,
+lists, scope, soft delete and bad inputs that leave nothing behind."""
 
 from __future__ import annotations
 
 import io
-import struct
+import json
 import uuid
 import zipfile
 from pathlib import Path
@@ -19,6 +21,7 @@ import requests
 import wfdb
 
 from tests.integration.conftest import AtriumUnderTest
+from tests.unit.test_signal_answers import decode_arrow, decode_binary
 
 pytestmark = pytest.mark.integration
 
@@ -60,29 +63,6 @@ def record_100(atrium: AtriumUnderTest) -> dict[str, Any]:
     answer = upload_files(atrium, ["100.hea", "100.dat", "100.atr"])
     assert answer.status_code == 201, answer.text
     return dict(answer.json())
-
-
-def decode_binary(blob: bytes) -> dict[str, Any]:
-    """The layout of docs/SIGNALS.md, "Binary answers"."""
-    assert blob[:4] == b"ATRS"
-    version, kind, count, rate, start, end = struct.unpack_from("<BBHddd", blob, 4)
-    assert version == 1
-    offset = 4 + struct.calcsize("<BBHddd")
-    channels = []
-    for _ in range(count):
-        index, channel_rate, first, n, has_positions = struct.unpack_from("<HdqIB", blob, offset)
-        offset += struct.calcsize("<HdqIB")
-        entry: dict[str, Any] = {"index": index, "sampling_rate": channel_rate,
-                                 "first_sample": first}
-        if has_positions:
-            entry["positions"] = np.frombuffer(blob, "<i8", n, offset).tolist()
-            offset += 8 * n
-        dtype = "<i4" if kind == 0 else "<f8"
-        entry["samples"] = np.frombuffer(blob, dtype, n, offset).tolist()
-        offset += np.dtype(dtype).itemsize * n
-        channels.append(entry)
-    assert offset == len(blob)
-    return {"sampling_rate": rate, "start": start, "end": end, "channels": channels}
 
 
 def test_a_wfdb_upload_answers_201_with_its_channels(
@@ -343,3 +323,251 @@ def test_completed_uploads_make_a_recording(atrium: AtriumUnderTest) -> None:
         assert channel["samples"] == reference.d_signal[:, channel["index"]].tolist()
     again = post_json(atrium, {"recording_type": "ECG", "upload_ids": ids})
     assert again.status_code == 409
+
+
+# --- every shared record, bit-exact through signal and export ----------------------
+
+SHARED = {
+    "100": ["100.hea", "100.dat", "100.atr"],
+    "s0010_re": ["s0010_re.hea", "s0010_re.dat", "s0010_re.xyz"],
+    "test_generator_2": ["test_generator_2.edf"],
+    # test_edfann.edf holds annotations only: they join the signals of an EDF beside it.
+    "test_edfann": ["test_generator_2.edf", "test_edfann.edf"],
+}
+
+
+def upload_blobs(atrium: AtriumUnderTest, files: dict[str, bytes]) -> requests.Response:
+    return requests.post(f"{atrium.url}/api/recordings",
+                         headers={**atrium.auth("clinician"), **FORM},
+                         files=[("file", (name, blob)) for name, blob in files.items()],
+                         data={"recording_type": "ECG"}, timeout=120)
+
+
+def edflib_copy(data: bytes, path: Path) -> Path:
+    """``data`` written to ``path`` with the non-ASCII unit '\\xb0' of the test
+    generator replaced: edflib refuses it."""
+    header = int(data[184:192])
+    path.write_bytes(data[:header].replace(b"\xb0", b"d") + data[header:])
+    return path
+
+
+def reference(record: str, directory: Path) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """Per channel, as the reference readers give it: (digital samples, physical
+    samples, the physical size of one digital step)."""
+    if SHARED[record][0].endswith(".hea"):
+        path = str(SIGNALS / record)
+        digital = wfdb.rdrecord(path, physical=False)
+        physical = wfdb.rdrecord(path)
+        return [(digital.d_signal[:, i], physical.p_signal[:, i], 1 / digital.adc_gain[i])
+                for i in range(digital.n_sig)]
+    copy = edflib_copy((SIGNALS / "test_generator_2.edf").read_bytes(),
+                       directory / f"{record}-reference.edf")
+    with pyedflib.EdfReader(str(copy)) as reader:
+        out = []
+        for i in range(reader.signals_in_file):
+            step = ((reader.getPhysicalMaximum(i) - reader.getPhysicalMinimum(i))
+                    / (reader.getDigitalMaximum(i) - reader.getDigitalMinimum(i)))
+            out.append((reader.readSignal(i, digital=True), reader.readSignal(i), step))
+        return out
+
+
+@pytest.fixture(scope="module")
+def shared(atrium: AtriumUnderTest, record_100: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every shared record, uploaded once: record → the created recording."""
+    created = {"100": record_100}
+    for record, names in SHARED.items():
+        if record not in created:
+            answer = upload_files(atrium, names)
+            assert answer.status_code == 201, (record, answer.text)
+            created[record] = answer.json()
+    return created
+
+
+@pytest.mark.parametrize("record", SHARED)
+def test_every_shared_record_reads_back_bit_exactly_through_signal(
+        atrium: AtriumUnderTest, shared: dict[str, dict[str, Any]], record: str,
+        tmp_path: Path) -> None:
+    expected = reference(record, tmp_path)
+    path = f"/api/recordings/{shared[record]['id']}/signal"
+    digital = get(atrium, path, units="digital")
+    assert digital.status_code == 200, digital.text
+    channels = digital.json()["channels"]
+    assert [c["index"] for c in channels] == list(range(len(expected)))
+    for channel, (samples, _, _) in zip(channels, expected, strict=True):
+        assert channel["first_sample"] == 0
+        np.testing.assert_array_equal(np.asarray(channel["samples"]), samples)
+    physical = get(atrium, path).json()["channels"]
+    for channel, (_, values, step) in zip(physical, expected, strict=True):
+        # Within a millionth of one digital step of the reader's value.
+        np.testing.assert_allclose(channel["samples"], values, rtol=0, atol=step * 1e-6)
+
+
+def exported_digital(atrium: AtriumUnderTest, recording_id: str, export_format: str,
+                     directory: Path) -> list[np.ndarray]:
+    answer = get(atrium, f"/api/recordings/{recording_id}/export", format=export_format)
+    assert answer.status_code == 200, answer.text
+    if export_format == "edf":
+        copy = edflib_copy(answer.content, directory / "exported.edf")
+        with pyedflib.EdfReader(str(copy)) as reader:
+            return [reader.readSignal(i, digital=True) for i in range(reader.signals_in_file)]
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
+        header = next(n for n in archive.namelist() if n.endswith(".hea"))
+        archive.extractall(directory)
+    record = wfdb.rdrecord(str(directory / header[:-4]), physical=False)
+    return [record.d_signal[:, i] for i in range(record.n_sig)]
+
+
+@pytest.mark.parametrize("export_format", ["edf", "wfdb"])
+@pytest.mark.parametrize("record", SHARED)
+def test_every_shared_record_reads_back_bit_exactly_through_export(
+        atrium: AtriumUnderTest, shared: dict[str, dict[str, Any]], record: str,
+        export_format: str, tmp_path: Path) -> None:
+    expected = reference(record, tmp_path)
+    exported = exported_digital(atrium, shared[record]["id"], export_format, tmp_path)
+    assert len(exported) == len(expected)
+    for mine, (samples, _, _) in zip(exported, expected, strict=True):
+        # An EDF ends on a whole data record: the padding after the samples is not theirs.
+        np.testing.assert_array_equal(mine[:samples.size], samples)
+        assert mine.size == samples.size or export_format == "edf"
+
+
+def test_the_events_of_test_edfann_equal_pyedflibs_annotations(
+        atrium: AtriumUnderTest, shared: dict[str, dict[str, Any]], tmp_path: Path) -> None:
+    expected = []
+    generator = edflib_copy((SIGNALS / "test_generator_2.edf").read_bytes(),
+                            tmp_path / "generator.edf")
+    for path in (generator, SIGNALS / "test_edfann.edf"):
+        with pyedflib.EdfReader(str(path)) as reader:
+            onsets, durations, texts = reader.readAnnotations()
+        expected += [(float(o), float(d), str(t))
+                     for o, d, t in zip(onsets, durations, texts, strict=True)]
+    answer = get(atrium, f"/api/recordings/{shared['test_edfann']['id']}/events")
+    assert answer.status_code == 200
+    items = answer.json()["items"]
+    # pyedflib says -1 for an annotation without a duration.
+    mine = [(e["time"], e.get("duration", -1.0), e["label"]) for e in items]
+    assert len(expected) == 858
+    assert sorted(mine) == sorted(expected)
+    assert [e["time"] for e in items] == sorted(e["time"] for e in items)
+
+
+WINDOWS = {"100": (9.5, 10.5), "s0010_re": (9.75, 10.25)}
+
+
+@pytest.mark.parametrize("max_points", [None, 300], ids=["all", "max_points"])
+@pytest.mark.parametrize("units", ["digital", "physical"])
+@pytest.mark.parametrize("record", WINDOWS)
+def test_binary_and_arrow_answers_decode_to_the_json_numbers(
+        atrium: AtriumUnderTest, shared: dict[str, dict[str, Any]], record: str, units: str,
+        max_points: int | None) -> None:
+    start, end = WINDOWS[record]  # across the 10 s segment boundary
+    path = f"/api/recordings/{shared[record]['id']}/signal"
+    params = {"start": start, "end": end, "units": units, "max_points": max_points}
+    as_json = get(atrium, path, **params).json()
+    binary = get(atrium, path, **params, format="binary")
+    arrow = get(atrium, path, **params, format="arrow")
+    assert binary.headers["Content-Type"].startswith("application/octet-stream")
+    assert arrow.headers["Content-Type"].startswith("application/vnd.apache.arrow.stream")
+    for decoded in (decode_binary(binary.content), decode_arrow(arrow.content)):
+        assert (decoded["sampling_rate"], decoded["start"], decoded["end"]) == (
+            as_json["sampling_rate"], as_json["start"], as_json["end"])
+        assert len(decoded["channels"]) == len(as_json["channels"])
+        for mine, theirs in zip(decoded["channels"], as_json["channels"], strict=True):
+            for key in ("index", "sampling_rate", "first_sample", "samples"):
+                assert mine[key] == theirs[key], key
+            assert mine.get("positions") == theirs.get("positions")
+            assert len(theirs["samples"]) <= (max_points or len(theirs["samples"]))
+
+
+def test_arrow_columns_are_named_after_the_channels_with_their_units(
+        atrium: AtriumUnderTest, shared: dict[str, dict[str, Any]]) -> None:
+    answer = requests.get(
+        f"{atrium.url}/api/recordings/{shared['s0010_re']['id']}/signal", timeout=60,
+        params={"end": 1, "channels": "vx,i,v6"},
+        headers={**atrium.auth(), "Accept": "application/vnd.apache.arrow.stream"})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["Content-Type"].startswith("application/vnd.apache.arrow.stream")
+    decoded = decode_arrow(answer.content)
+    assert [c["name"] for c in decoded["channels"]] == ["vx", "i", "v6"]
+    assert [c["index"] for c in decoded["channels"]] == [12, 0, 11]
+    assert {c["units"] for c in decoded["channels"]} == {"mV"}
+    assert {c["type"] for c in decoded["channels"]} == {"double"}
+    assert all(len(c["samples"]) == 1000 for c in decoded["channels"])
+
+
+# --- caps ----------------------------------------------------------------------------
+
+
+def test_an_answer_over_the_json_cap_names_max_points_and_binary_still_answers(
+        atrium: AtriumUnderTest) -> None:
+    n = 700_001  # three channels: 2,100,003 samples, over the 2,000,000 of one JSON answer
+    samples = [i % 1000 for i in range(n)]
+    created = post_json(atrium, {"recording_type": "ECG", "sampling_rate": 1000, "channels": [
+        {"name": name, "samples": samples} for name in ("a", "b", "c")]})
+    assert created.status_code == 201, created.text
+    path = f"/api/recordings/{created.json()['id']}/signal"
+    refused = get(atrium, path, units="digital")
+    assert refused.status_code == 400
+    assert refused.headers["Content-Type"].startswith("application/problem+json")
+    assert "max_points" in refused.json()["detail"]
+    binary = get(atrium, path, units="digital", format="binary")
+    assert binary.status_code == 200
+    assert decode_binary(binary.content)["channels"][2]["samples"] == samples
+    assert get(atrium, path, units="digital", max_points=1000).status_code == 200
+    assert get(atrium, path, units="digital", channels="a,b").status_code == 200
+
+
+# --- bad files: 4xx problems, nothing stored ---------------------------------------
+
+
+def _bytes(name: str) -> bytes:
+    return (SIGNALS / name).read_bytes()
+
+
+def _edf_with(offset: int, width: int, value: bytes) -> bytes:
+    data = bytearray(_bytes("test_generator_2.edf"))
+    data[offset:offset + width] = value.ljust(width)
+    return bytes(data)
+
+
+BAD_FILES = {
+    "truncated-dat": lambda: {"100.hea": _bytes("100.hea"),
+                              "100.dat": _bytes("100.dat")[:100_000]},
+    "hea-declares-more-samples": lambda: {
+        "100.hea": _bytes("100.hea").replace(b"650000", b"650100"), "100.dat": _bytes("100.dat")},
+    "hea-declares-fewer-samples": lambda: {
+        "100.hea": _bytes("100.hea").replace(b"650000", b"600000"), "100.dat": _bytes("100.dat")},
+    "hea-sampling-rate-0": lambda: {
+        "100.hea": _bytes("100.hea").replace(b" 360 ", b" 0 "), "100.dat": _bytes("100.dat")},
+    "hea-without-its-xyz": lambda: {"s0010_re.hea": _bytes("s0010_re.hea"),
+                                    "s0010_re.dat": _bytes("s0010_re.dat")},
+    "edf-corrupt-header-size": lambda: {"x.edf": _edf_with(184, 8, b"garbage!")},
+    "edf-declares-more-records": lambda: {"x.edf": _edf_with(
+        236, 8, str(int(_bytes("test_generator_2.edf")[236:244]) + 1).encode())},
+    "edf-truncated": lambda: {"x.edf": _bytes("test_generator_2.edf")[:-1000]},
+    "edf-annotations-only": lambda: {"test_edfann.edf": _bytes("test_edfann.edf")},
+}
+
+
+@pytest.mark.parametrize("case", BAD_FILES)
+def test_bad_files_are_refused_with_a_problem_and_nothing_stored(
+        atrium: AtriumUnderTest, case: str) -> None:
+    before = count_recordings(atrium)
+    answer = upload_blobs(atrium, BAD_FILES[case]())
+    assert 400 <= answer.status_code < 500, answer.text
+    assert answer.headers["Content-Type"].startswith("application/problem+json")
+    assert answer.json()["detail"]
+    assert count_recordings(atrium) == before
+
+
+def test_nan_in_json_samples_is_refused_and_nothing_stored(atrium: AtriumUnderTest) -> None:
+    before = count_recordings(atrium)
+    body = json.dumps({"recording_type": "ECG", "sampling_rate": 100,
+                       "channels": [{"name": "I", "samples": [1, float("nan"), 3]}]})
+    assert "NaN" in body
+    answer = requests.post(f"{atrium.url}/api/recordings", data=body, timeout=30,
+                           headers={**atrium.auth("clinician"),
+                                    "Content-Type": "application/json"})
+    assert answer.status_code == 400
+    assert answer.headers["Content-Type"].startswith("application/problem+json")
+    assert count_recordings(atrium) == before

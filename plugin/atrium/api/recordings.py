@@ -18,8 +18,6 @@ import datetime as dt
 import io
 import json
 import logging
-import math
-import struct
 import uuid as uuid_module
 import zipfile
 from contextlib import ExitStack
@@ -49,16 +47,31 @@ from atrium.api.slides import MULTIPART_NOTE, checked_file_name
 from atrium.auth.principal import Permission
 from atrium.errors import BadRequest, FieldError, NotFound, ServiceUnavailable
 from atrium.signals import read_signal_files
+from atrium.signals.answers import (
+    ARROW_STREAM,
+    BINARY,
+    MAX_ANSWER_SAMPLES,
+    MAX_EXPORT_SAMPLES,
+    MAX_JSON_ANSWER_SAMPLES,
+    MAX_WINDOW_SAMPLES,
+    SignalAnswer,
+    channel_answer,
+    check_export_size,
+    check_window_size,
+    encode_arrow,
+    encode_binary,
+    window_samples,
+)
 from atrium.signals.edf import write_edf
 from atrium.signals.model import Channel, EdfRange, Event, Recording
-from atrium.signals.store import min_max_decimate, read_window, write_recording
+from atrium.signals.store import read_window, write_recording
 from atrium.signals.wfdb import write_wfdb
 from atrium.storage import StorageError
 
 if TYPE_CHECKING:
     from atrium.app import Atrium
 
-__all__ = ["BINARY_MAGIC", "RECORDING", "routes"]
+__all__ = ["RECORDING", "routes"]
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +79,8 @@ READERS = (Permission.READ_PHI, Permission.READ_DEIDENTIFIED)
 MAX_JSON_SAMPLES: Final = 5_000_000
 """Samples (all channels together) one JSON body may carry; more go as files."""
 MAX_POINTS: Final = 1_000_000
-BINARY: Final = "application/octet-stream"
-BINARY_MAGIC: Final = b"ATRS"
-"""The first bytes of a binary ``signal`` answer (``docs/SIGNALS.md``, "Binary answers")."""
+FORMATS: Final = {"json": JSON, "binary": BINARY, "arrow": ARROW_STREAM}
+"""``format`` of a ``signal`` answer → its media type."""
 
 _INT32 = integer(minimum=-(2**31), maximum=2**31 - 1)
 _TYPE = string(min_length=1, max_length=50, pattern=r"^\S(.*\S)?$",
@@ -128,7 +140,8 @@ SIGNAL_QUERY = obj({
     "channels": string(min_length=1, max_length=4000,
                        description="Comma-separated channel indices or names"),
     "units": enum("physical", "digital", default="physical"),
-    "format": enum("json", "binary", description="Default: by Accept, else json"),
+    "format": enum(*FORMATS, description="Default: by Accept (application/vnd.apache."
+                                          "arrow.stream, application/octet-stream), else json"),
     "max_points": integer(minimum=2, maximum=MAX_POINTS,
                           description="Per channel: min/max of buckets for display"),
 })
@@ -142,6 +155,16 @@ SIGNAL = obj({
         "samples": array(number()),
     }, required=["index", "name", "units", "samples"])),
 }, required=["sampling_rate", "start", "end", "channels"])
+SIGNAL_DESCRIPTION: Final = (
+    "Answers by format (or Accept): json (application/json, the schema below); binary "
+    "(application/octet-stream: the little-endian layout of docs/SIGNALS.md, 'Binary "
+    "answers'); arrow (application/vnd.apache.arrow.stream: an Arrow IPC stream, one "
+    "column per channel named after it, int32 digital or float64 physical; shorter "
+    "columns padded with nulls, field metadata 'length'; docs/SIGNALS.md, 'Arrow "
+    f"answers'). One request decodes at most {MAX_WINDOW_SAMPLES:,} samples and answers "
+    f"at most {MAX_JSON_ANSWER_SAMPLES:,} (json) or {MAX_ANSWER_SAMPLES:,} (binary, arrow) "
+    "over all channels: beyond, a 400 asks for max_points, a shorter window or fewer "
+    "channels.")
 EVENTS_QUERY = obj({
     "start": number(minimum=0, maximum=1e9), "end": number(minimum=0, maximum=1e9),
     "label": string(min_length=1, max_length=200),
@@ -265,6 +288,14 @@ def _selected(wanted: str | None, channels: list[dict[str, Any]]) -> list[int]:
     return list(dict.fromkeys(chosen))
 
 
+def _format_of(accept: str) -> str:
+    """``format`` by the ``Accept`` header: Arrow or binary when named, else JSON."""
+    types = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    if ARROW_STREAM in types:
+        return "arrow"
+    return "binary" if BINARY in types else "json"
+
+
 def stored_recording(conn: Any, found: dict[str, Any]) -> Recording:
     """The whole recording back from the store (digital samples, channels, events)."""
     meta = found["metadata"]
@@ -288,22 +319,6 @@ def stored_recording(conn: Any, found: dict[str, Any]) -> Recording:
     return Recording(name=meta.get("name") or "recording",
                      sampling_rate=float(meta["frame_rate"]), frames=int(meta["frames"]),
                      channels=tuple(channels), start=start, events=events)
-
-
-def encode_binary(answer: dict[str, Any], digital: bool) -> bytes:
-    """A ``signal`` answer as the little-endian layout of ``docs/SIGNALS.md``."""
-    out = [BINARY_MAGIC, struct.pack("<BBHddd", 1, 0 if digital else 1,
-                                     len(answer["channels"]), answer["sampling_rate"],
-                                     answer["start"], answer["end"])]
-    for channel in answer["channels"]:
-        positions = channel.get("positions")
-        samples = channel["samples"]
-        out.append(struct.pack("<HdqIB", channel["index"], channel["sampling_rate"],
-                               channel["first_sample"], len(samples), positions is not None))
-        if positions is not None:
-            out.append(np.asarray(positions, dtype="<i8").tobytes())
-        out.append(np.asarray(samples, dtype="<i4" if digital else "<f8").tobytes())
-    return b"".join(out)
 
 
 def routes(app: Atrium) -> list[Route]:
@@ -421,42 +436,33 @@ def routes(app: Atrium) -> list[Route]:
         if end is not None and end < start:
             raise BadRequest.invalid([FieldError("query", "end",
                                                  f"({end}) is before start ({start})")])
-        wanted_format = args.get("format") or (
-            "binary" if BINARY in request.headers.get("accept", "") else "json")
-        digital = args["units"] == "digital"
+        end = None if end is None else float(end)
+        wanted_format = args.get("format") or _format_of(request.headers.get("accept", ""))
+        digital, max_points = args["units"] == "digital", args.get("max_points")
         with app.pool.connection() as conn:
             found, phi = find(conn, request, request.params["id"])
             meta = found["metadata"]["channels"]
+            frames = int(found["metadata"]["frames"])
             chosen = _selected(args.get("channels"), meta)
-            samples = read_window(conn, found["id"], start=start,
-                                  end=None if end is None else float(end), channels=chosen)
-        frame_rate = float(found["metadata"].get("frame_rate", found["sampling_rate"]))
-        answer: dict[str, Any] = {
-            "sampling_rate": frame_rate, "start": start,
-            "end": float(found["duration_seconds"] if end is None
-                         else min(float(end), found["duration_seconds"])),
-            "channels": []}
-        for index in chosen:
-            channel = meta[index]
-            rate = float(channel["sampling_rate"])
-            values = samples[index]
-            entry: dict[str, Any] = {
-                "index": index, "name": channel["name"],
-                "units": "" if digital else channel["units"], "sampling_rate": rate,
-                "first_sample": max(0, math.ceil(start * rate - 1e-9))}
-            if "max_points" in args:
-                positions, values = min_max_decimate(values, args["max_points"])
-                entry["positions"] = positions.tolist()
-            if digital:
-                entry["samples"] = values.tolist()
-            else:
-                entry["samples"] = ((values.astype(np.float64) - float(channel["baseline"]))
-                                    / float(channel["gain"])).tolist()
-            answer["channels"].append(entry)
+            counts = [window_samples(start, end, float(meta[c]["sampling_rate"]),
+                                     frames * int(meta[c]["samples_per_frame"]))
+                      for c in chosen]
+            check_window_size(sum(counts), sum(n if max_points is None else min(n, max_points)
+                                               for n in counts), wanted_format)
+            samples = read_window(conn, found["id"], start=start, end=end, channels=chosen)
+        duration = float(found["duration_seconds"])
+        answer = SignalAnswer(
+            sampling_rate=float(found["metadata"].get("frame_rate", found["sampling_rate"])),
+            start=start, end=duration if end is None else min(end, duration), digital=digital,
+            channels=tuple(channel_answer(c, meta[c], samples[c], start=start, frames=frames,
+                                          digital=digital, max_points=max_points)
+                           for c in chosen))
         audit = AuditNote("recording", found["id"], phi=phi)
         if wanted_format == "binary":
-            return Response(200, encode_binary(answer, digital), BINARY, {}, audit)
-        return json_response(answer, audit=audit)
+            return Response(200, encode_binary(answer), BINARY, {}, audit)
+        if wanted_format == "arrow":
+            return Response(200, encode_arrow(answer), ARROW_STREAM, {}, audit)
+        return json_response(answer.to_json(), audit=audit)
 
     def events(request: Request) -> Response:
         args = request.args
@@ -472,6 +478,8 @@ def routes(app: Atrium) -> list[Route]:
     def export(request: Request) -> Response:
         with app.pool.connection() as conn:
             found, phi = find(conn, request, request.params["id"])
+            check_export_size(int(found["metadata"]["frames"]) * sum(
+                int(c["samples_per_frame"]) for c in found["metadata"]["channels"]))
             recording = stored_recording(conn, found)
         if request.args["format"] == "edf":
             body, file_name = write_edf(recording), f"{found['id']}.edf"
@@ -523,9 +531,9 @@ def routes(app: Atrium) -> list[Route]:
         Route("GET", "/api/recordings/{id:uuid}/signal", signal, tags=tags, auth=READERS,
               query=SIGNAL_QUERY,
               summary="Samples of a time window: samples i with start <= i / rate < end",
-              description="format=binary (or Accept: application/octet-stream) answers the "
-                          "little-endian layout of docs/SIGNALS.md, 'Binary answers'.",
-              responses={200: Reply("The samples", SIGNAL)}),
+              description=SIGNAL_DESCRIPTION,
+              responses={200: Reply("The samples (JSON; binary and Arrow: see the "
+                                    "description)", SIGNAL)}),
         Route("GET", "/api/recordings/{id:uuid}/events", events, tags=tags, auth=READERS,
               query=EVENTS_QUERY, summary="The recording's annotations as timed events",
               responses={200: Reply("Events in time order",
@@ -534,6 +542,9 @@ def routes(app: Atrium) -> list[Route]:
               query=EXPORT_QUERY,
               summary="The recording as a file: EDF+ (BDF+ for wider samples), or a zip of "
                       "the WFDB record (.hea, .dat, .atr), with the stored digital samples",
+              description=f"Built in memory: a recording of more than {MAX_EXPORT_SAMPLES:,} "
+                          "samples (all channels) is refused with 400; read it in windows "
+                          "of /signal instead.",
               responses={200: Reply("The file (Content-Disposition names it)",
                                     {"type": "string", "format": "binary"},
                                     media_type=BINARY)}),
