@@ -15,7 +15,24 @@ EDF files through ``pyedflib``), on the same digital samples, in one run:
 * the codec's encode and decode rates in MB/s of raw samples counted as 4-byte
   ints (int32), per-channel segments, best of ``--rounds``.
 
+Part two (``--hours``, 24 by default; 0 skips it), through Atrium's API on an
+Orthanc started here with its own PostgreSQL cluster:
+
+* a 12-lead, 500 Hz EDF of ``--hours`` hours is made from PTB s0010_re's twelve
+  standard leads (taken at every other sample, each repetition rotated by a
+  random offset so that no two windows are the same), sent as a resumable upload
+  and made a recording (``POST /api/recordings`` with its ``upload_ids``): the
+  rate in MB of EDF a second and in samples a second, and Orthanc's resident
+  memory growth;
+* random 10 s windows of all 12 leads, ``--windows`` a round over ``--rounds``
+  rounds, by one keep-alive client: ``format=binary`` digital (what a viewer
+  asks), and JSON physical; the same windows read in this process straight from
+  the database (``read_window``: no HTTP, token or audit) as the baseline; and
+  ``GET /api/me`` as often, the cost of any request's path (HTTP, token, user)
+  — p50 and p95 of each.
+
     .venv/bin/python bench/signals.py [--data ../shared/data/signals] [--rounds 3]
+                                      [--hours 24] [--windows 300]
 """
 
 from __future__ import annotations
@@ -36,6 +53,7 @@ import soundfile
 import wfdb
 import zstandard
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 
 from atrium.signals.codec import decode, encode_block, encode_segment  # noqa: E402
@@ -170,11 +188,151 @@ def load(data: Path) -> list[Record]:
     return records
 
 
+def holter_edf(path: Path, data: Path, hours: float, seed: int = 0) -> int:
+    """Writes a 12-lead 500 Hz EDF of ``hours`` hours; the number of samples."""
+    source = wfdb.rdrecord(str(data / "s0010_re"), physical=False)
+    leads = source.d_signal[::2, :12].T.astype(np.int32)  # 1000 Hz → 500 Hz
+    names = source.sig_name[:12]
+    rate, per_record = 500, 500  # 1 s data records
+    total = int(hours * 3600) * rate
+    rng = np.random.default_rng(seed)
+    low, high = int(leads.min()), int(leads.max())
+    headers = [{"label": name, "dimension": "uV", "sample_frequency": rate,
+                "physical_min": float(low), "physical_max": float(high),
+                "digital_min": low, "digital_max": high, "transducer": "", "prefilter": ""}
+               for name in names]
+    writer = pyedflib.EdfWriter(str(path), len(names), file_type=pyedflib.FILETYPE_EDFPLUS)
+    try:
+        writer.setSignalHeaders(headers)
+        written = 0
+        chunk = 3600 * rate  # an hour at a time: bounded memory
+        while written < total:
+            n = min(chunk, total - written)
+            pieces = []
+            have = 0
+            while have < n:
+                rotated = np.roll(leads, int(rng.integers(leads.shape[1])), axis=1)
+                pieces.append(rotated[:, :n - have])
+                have += pieces[-1].shape[1]
+            block = np.concatenate(pieces, axis=1)
+            assert n % per_record == 0
+            writer.writeSamples([np.ascontiguousarray(row) for row in block], digital=True)
+            written += n
+    finally:
+        writer.close()
+    return total * len(names)
+
+
+def api_part(data: Path, hours: float, windows_per_round: int, rounds: int) -> None:
+    import shutil
+    import statistics
+    import uuid
+
+    import psycopg
+    import requests
+
+    from atrium.auth.dev_issuer import load_or_create
+    from atrium.devenv import LocalCluster
+    from atrium.signals.store import read_window
+    from bench.common import PeakMemory, percentile, start_atrium, upload
+    from tests.conftest import free_port
+
+    root = Path(tempfile.mkdtemp(prefix="atrium-bench-signals-"))
+    root.chmod(0o755)
+    cluster = LocalCluster(root / "pg", port=free_port())
+    cluster.init()
+    cluster.start()
+    process = None
+    try:
+        edf = root / "holter.edf"
+        began = time.perf_counter()
+        samples = holter_edf(edf, data, hours)
+        print(f"\n# {hours:g} h, 12 leads, 500 Hz EDF: {edf.stat().st_size / 1e6:,.0f} MB, "
+              f"{samples:,} samples, written in {time.perf_counter() - began:.0f} s")
+        process = start_atrium(root, cluster, "signals")
+        assert process.proc is not None
+        url = process.url
+        token = load_or_create(root / "orthanc").mint("bench-clinician", ["clinician"], "Default")
+        headers = {"Authorization": f"Bearer {token}"}
+        with PeakMemory(process.proc.pid) as memory:
+            began = time.perf_counter()
+            upload_id, chunk_rate = upload(url, headers, edf, 64 * 1024 * 1024)
+            sent = time.perf_counter() - began
+            answer = requests.post(f"{url}/api/recordings", headers=headers, timeout=7200,
+                                   json={"upload_ids": [upload_id], "recording_type": "ECG"})
+            answer.raise_for_status()
+            elapsed = time.perf_counter() - began
+        recording = answer.json()
+        duration = float(recording["duration_seconds"])
+        print(f"upload: chunks at {chunk_rate:,.0f} MB/s ({sent:.0f} s), recording made "
+              f"{elapsed - sent:.0f} s later; end to end {edf.stat().st_size / 1e6 / elapsed:.1f} "
+              f"MB/s = {samples / elapsed / 1e6:.2f} M samples/s; Orthanc resident memory "
+              f"growth {memory.growth:,.0f} MiB")
+        with psycopg.connect(cluster.url("signals_atrium")) as conn:
+            stored = conn.execute("SELECT sum(length(data_blob)) FROM signal_segments "
+                                  "WHERE recording_id = %s", (recording["id"],)).fetchone()[0]
+            print(f"stored: {stored / samples:.3f} bytes a sample "
+                  f"(EDF: {edf.stat().st_size / samples:.3f})")
+            recording_id = uuid.UUID(recording["id"])
+            rng = np.random.default_rng(1)
+            series: dict[str, list[float]] = {"binary": [], "json": [], "in-process": [],
+                                              "/api/me": []}
+            session = requests.Session()
+            for n in range(rounds):
+                starts = rng.uniform(0, duration - 10, size=windows_per_round)
+                rates: list[str] = []
+                kinds = ["binary", "json", "in-process", "/api/me"]
+                for kind in kinds if n % 2 == 0 else list(reversed(kinds)):
+                    latencies = []
+                    for start in starts:
+                        t0 = time.perf_counter()
+                        if kind == "/api/me":
+                            got = session.get(f"{url}/api/me", headers=headers, timeout=60)
+                            got.raise_for_status()
+                        elif kind == "in-process":
+                            window = read_window(conn, recording_id, start=float(start),
+                                                 end=float(start) + 10)
+                            assert len(window) == 12
+                        else:
+                            params = {"start": f"{start:.6f}", "end": f"{start + 10:.6f}",
+                                      "format": kind,
+                                      "units": "digital" if kind == "binary" else "physical"}
+                            got = session.get(f"{url}/api/recordings/{recording_id}/signal",
+                                              params=params, headers=headers, timeout=60)
+                            if got.status_code != 200:
+                                raise SystemExit(f"{kind}: {got.status_code} {got.text[:300]}")
+                        latencies.append((time.perf_counter() - t0) * 1000)
+                    series[kind].extend(latencies)
+                    rates.append(f"{kind} p50 {percentile(latencies, .5):.1f} ms "
+                                 f"p95 {percentile(latencies, .95):.1f} ms")
+                print(f"round {n + 1}: " + "; ".join(rates))
+            for kind, latencies in series.items():
+                print(f"10 s × 12 leads, {kind:10s}: p50 {percentile(latencies, .5):5.1f} ms, "
+                      f"p95 {percentile(latencies, .95):5.1f} ms, mean "
+                      f"{statistics.fmean(latencies):5.1f} ms over {len(latencies)} windows"
+                      + (" (goal p95 ≤ 20 ms)" if kind == "binary" else ""))
+    finally:
+        if process is not None:
+            process.stop()
+        cluster.stop("fast")
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--hours", type=float, default=24.0)
+    parser.add_argument("--windows", type=int, default=300)
+    parser.add_argument("--skip-codec", action="store_true")
     args = parser.parse_args()
+    if not args.skip_codec:
+        codec_part(args)
+    if args.hours > 0:
+        api_part(args.data, args.hours, args.windows, args.rounds)
+
+
+def codec_part(args: argparse.Namespace) -> None:
 
     encode_segment(np.arange(64))  # compile (or load) the codec's loops before timing
     decode(encode_block(np.stack([np.arange(64), np.arange(64)])))

@@ -26,7 +26,6 @@ Prints tiles/s, p50/p95 and the ratios for ``docs/BENCHMARKS.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -50,80 +49,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 
 from atrium.auth.dev_issuer import load_or_create  # noqa: E402
-from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, orthanc_config  # noqa: E402
-from atrium.migrations import apply_migrations  # noqa: E402
+from atrium.devenv import LocalCluster  # noqa: E402
 from atrium.slides.source import StoreSource  # noqa: E402
 from atrium.slides.tiff import open_tiff_slide  # noqa: E402
 from atrium.storage import FileObjectStore  # noqa: E402
+from bench.common import PeakMemory, percentile, start_atrium, upload  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.support.slidegen import write_big_jpeg_pyramid  # noqa: E402
 
 CLIENTS = 4
 BROWSER_CONNECTIONS = 6
 WINDOW = (1280, 800)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
-
-
-def start(root: Path, cluster: LocalCluster) -> OrthancProcess:
-    cluster.ensure_database("slides_index")
-    cluster.ensure_database("slides_atrium")
-    database_url = cluster.url("slides_atrium")
-    apply_migrations(database_url)
-    workdir = root / "orthanc"
-    base = json.loads((REPO_ROOT / "orthanc-config" / "orthanc.json").read_text())
-    config = orthanc_config(
-        base=base, data_dir=workdir, cluster=cluster, index_database="slides_index",
-        http_port=free_port(), dicom_port=free_port(), aet="ATRIUM",
-        atrium={"DatabaseUrl": database_url, "MirrorPollSeconds": 0.5,
-                "StorageUrl": f"file://{workdir / 'objects'}"},
-        python_script=REPO_ROOT / "plugin" / "atrium_entry.py", with_atrium=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
-    process = OrthancProcess(workdir, config, env)
-    process.start()
-    return process
-
-
-def resident_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def upload(url: str, headers: dict[str, str], path: Path, chunk: int, pid: int
-           ) -> tuple[str, float, float]:
-    """The upload's id, MB/s, and Orthanc's resident memory growth (MiB)."""
-    size = path.stat().st_size
-    created = requests.post(f"{url}/api/uploads", headers=headers, timeout=60,
-                            json={"filename": path.name, "size": size}).json()
-    baseline = resident_mib(pid)
-    peak = baseline
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.wait(0.05):
-            peak = max(peak, resident_mib(pid))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    began = time.perf_counter()
-    with path.open("rb") as source, requests.Session() as session:
-        for start_at in range(0, size, chunk):
-            data = source.read(chunk)
-            answer = session.put(
-                f"{url}/api/uploads/{created['id']}", data=data, timeout=600,
-                headers={**headers, "Content-Type": "application/octet-stream",
-                         "Content-Range": f"bytes {start_at}-{start_at + len(data) - 1}/{size}"})
-            answer.raise_for_status()
-    elapsed = time.perf_counter() - began
-    done.set()
-    sampler.join()
-    return created["id"], size / elapsed / 1e6, peak - baseline
 
 
 def random_tiles(levels: list[tuple[int, int]], tile: int, count: int, seed: int
@@ -253,13 +189,14 @@ def main() -> int:
         write_big_jpeg_pyramid(path, args.size, args.size)
         print(f"generated {args.size:,}² JPEG pyramid: {path.stat().st_size / 1e6:,.0f} MB "
               f"in {time.perf_counter() - began:.1f} s")
-        process = start(root, cluster)
+        process = start_atrium(root, cluster, "slides")
         assert process.proc is not None
         url = process.url
         token = load_or_create(root / "orthanc").mint("bench-clinician", ["clinician"], "Default")
         headers = {"Authorization": f"Bearer {token}"}
-        upload_id, rate, growth = upload(url, headers, path, args.chunk_mib * 1024 * 1024,
-                                         process.proc.pid)
+        with PeakMemory(process.proc.pid) as memory:
+            upload_id, rate = upload(url, headers, path, args.chunk_mib * 1024 * 1024)
+        growth = memory.growth
         print(f"chunked upload ({args.chunk_mib} MiB chunks): {rate:,.0f} MB/s, Orthanc "
               f"resident memory growth {growth:,.0f} MiB")
         began = time.perf_counter()

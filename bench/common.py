@@ -1,0 +1,97 @@
+"""What several benchmarks share: an Orthanc with Atrium on a private PostgreSQL
+cluster, its resident memory, and a resumable upload through ``/api/uploads``."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
+
+from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, orthanc_config  # noqa: E402
+from atrium.migrations import apply_migrations  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
+
+
+def start_atrium(root: Path, cluster: LocalCluster, name: str) -> OrthancProcess:
+    """Orthanc with Atrium, its index in database ``<name>_index`` and Atrium's in
+    ``<name>_atrium``, objects under ``root/orthanc/objects``."""
+    cluster.ensure_database(f"{name}_index")
+    cluster.ensure_database(f"{name}_atrium")
+    database_url = cluster.url(f"{name}_atrium")
+    apply_migrations(database_url)
+    workdir = root / "orthanc"
+    base = json.loads((REPO_ROOT / "orthanc-config" / "orthanc.json").read_text())
+    config = orthanc_config(
+        base=base, data_dir=workdir, cluster=cluster, index_database=f"{name}_index",
+        http_port=free_port(), dicom_port=free_port(), aet="ATRIUM",
+        atrium={"DatabaseUrl": database_url, "MirrorPollSeconds": 0.5,
+                "StorageUrl": f"file://{workdir / 'objects'}"},
+        python_script=REPO_ROOT / "plugin" / "atrium_entry.py", with_atrium=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
+    process = OrthancProcess(workdir, config, env)
+    process.start()
+    return process
+
+
+def resident_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class PeakMemory:
+    """Samples a process's resident memory every 50 ms while in the ``with``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.baseline = self.peak = resident_mib(pid)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.05):
+            self.peak = max(self.peak, resident_mib(self.pid))
+
+    @property
+    def growth(self) -> float:
+        return self.peak - self.baseline
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def upload(url: str, headers: dict[str, str], path: Path, chunk: int) -> tuple[str, float]:
+    """Sends ``path`` as a resumable upload in ``chunk``-byte parts: its id and MB/s."""
+    size = path.stat().st_size
+    created = requests.post(f"{url}/api/uploads", headers=headers, timeout=60,
+                            json={"filename": path.name, "size": size}).json()
+    began = time.perf_counter()
+    with path.open("rb") as source, requests.Session() as session:
+        for start_at in range(0, size, chunk):
+            data = source.read(chunk)
+            answer = session.put(
+                f"{url}/api/uploads/{created['id']}", data=data, timeout=600,
+                headers={**headers, "Content-Type": "application/octet-stream",
+                         "Content-Range": f"bytes {start_at}-{start_at + len(data) - 1}/{size}"})
+            answer.raise_for_status()
+    return created["id"], size / (time.perf_counter() - began) / 1e6
