@@ -571,3 +571,23 @@ def test_nan_in_json_samples_is_refused_and_nothing_stored(atrium: AtriumUnderTe
     assert answer.status_code == 400
     assert answer.headers["Content-Type"].startswith("application/problem+json")
     assert count_recordings(atrium) == before
+
+
+def test_signal_windows_are_audited_once_per_window_and_events_per_read(
+        atrium: AtriumUnderTest, record_100: dict[str, Any]) -> None:
+    user = f"scroller-{uuid.uuid4().hex[:8]}"
+    auth = atrium.auth("clinician", user=user)
+    base = f"{atrium.url}/api/recordings/{record_100['id']}"
+    for start in (0, 10, 20, 30):
+        answer = requests.get(f"{base}/signal", headers=auth, timeout=30,
+                              params={"start": start, "end": start + 10, "format": "binary"})
+        assert answer.status_code == 200
+    for _ in range(2):
+        assert requests.get(f"{base}/events", headers=auth, timeout=30,
+                            params={"end": 10}).status_code == 200
+    rows = atrium.sql(
+        "SELECT a.action, a.details FROM audit_log a JOIN users u ON u.id = a.user_id "
+        "WHERE u.username = %s AND a.resource_id = %s ORDER BY a.id", (user, record_100["id"]))
+    windows = [r for r in rows if r[0] == "GET /api/recordings/{id}/signal"]
+    assert len(windows) == 1 and windows[0][1]["coalesced_seconds"] == 300
+    assert [r[0] for r in rows].count("GET /api/recordings/{id}/events") == 2

@@ -22,7 +22,7 @@ from atrium.errors import BadRequest, NotFound
 from atrium.migrations import apply_migrations
 from atrium.signals import codec, read_signal_files, store
 from atrium.signals.model import Channel, Recording
-from atrium.signals.store import SEGMENTS_QUERY, read_window, write_recording
+from atrium.signals.store import SEGMENTS_QUERY, read_events, read_window, write_recording
 
 DATA = Path("/work/shared/data/signals")
 if not DATA.is_dir():
@@ -184,9 +184,33 @@ def test_the_recordings_row_describes_the_recording(stored: dict[str, Any],
     assert metadata["storage"]["blocks"] == [[0, 2], [1]]
     assert set(metadata["channels"][0]) >= {"name", "units", "gain", "baseline",
                                             "adc_resolution", "samples_per_frame"}
-    events = conn.execute("SELECT jsonb_array_length(metadata -> 'events') FROM recordings "
-                          "WHERE id = %s", (stored["100"][0],)).fetchone()
-    assert events == (len(stored["100"][1].events),) and events[0] > 2000
+    count, in_metadata = conn.execute(
+        "SELECT (metadata ->> 'event_count')::int, metadata ? 'events' FROM recordings "
+        "WHERE id = %s", (stored["100"][0],)).fetchone()
+    assert count == len(stored["100"][1].events) > 2000
+    assert not in_metadata, "events live with their windows, not in every read of the row"
+
+
+def test_events_are_kept_with_their_window_and_read_back_by_time(
+        stored: dict[str, Any], conn: psycopg.Connection[Any]) -> None:
+    recording_id, recording = stored["100"]
+    every = read_events(conn, recording_id)
+    assert [(e["time"], e["sample"], e["label"]) for e in every] == \
+        [(e.time, e.sample, e.label) for e in recording.events]
+    rows = conn.execute(
+        "SELECT segment_start, segment_end, annotations -> 'events' FROM signal_segments "
+        "WHERE recording_id = %s AND annotations ? 'events'", (recording_id,)).fetchall()
+    origin = conn.execute("SELECT recording_date FROM recordings WHERE id = %s",
+                          (recording_id,)).fetchone()[0]
+    for start_at, end_at, events in rows:
+        for event in events:
+            moment = origin + dt.timedelta(seconds=event["time"])
+            assert start_at <= moment < end_at + dt.timedelta(microseconds=1)
+    between = read_events(conn, recording_id, start=95.5, end=130.25)
+    assert between == [e for e in every if 95.5 <= e["time"] < 130.25] and between
+    normal = read_events(conn, recording_id, label="N", end=60)
+    assert normal == [e for e in every if e["label"] == "N" and e["time"] < 60] and normal
+    assert read_events(conn, recording_id, start=1e9) == []
 
 
 def test_one_row_per_channel_per_window_with_the_blob_in_the_leads_row(

@@ -232,6 +232,8 @@ class Reply:
     description: str
     schema: Schema | None = None
     media_type: str = JSON
+    # Other media types the same status may answer in (content negotiation).
+    alternatives: Mapping[str, Schema] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)

@@ -64,6 +64,8 @@ def _reply(status: int, reply: Reply) -> dict[str, Any]:
     answer: dict[str, Any] = {"description": reply.description}
     if reply.schema is not None:
         answer["content"] = {reply.media_type: {"schema": reply.schema}}
+        answer["content"].update({media_type: {"schema": schema}
+                                  for media_type, schema in reply.alternatives.items()})
     return answer
 
 

@@ -64,7 +64,7 @@ from atrium.signals.answers import (
 )
 from atrium.signals.edf import write_edf
 from atrium.signals.model import Channel, EdfRange, Event, Recording
-from atrium.signals.store import read_window, write_recording
+from atrium.signals.store import read_events, read_window, write_recording
 from atrium.signals.wfdb import write_wfdb
 from atrium.storage import StorageError
 
@@ -314,7 +314,7 @@ def stored_recording(conn: Any, found: dict[str, Any]) -> Recording:
     events = tuple(Event(time=e["time"], sample=e["sample"], label=e["label"],
                          channel=e.get("channel"), text=e.get("text"),
                          duration=e.get("duration"), subtype=e.get("subtype", 0),
-                         number=e.get("number", 0)) for e in meta.get("events", []))
+                         number=e.get("number", 0)) for e in read_events(conn, found["id"]))
     start = found["recording_date"].astimezone(dt.UTC).replace(tzinfo=None)
     return Recording(name=meta.get("name") or "recording",
                      sampling_rate=float(meta["frame_rate"]), frames=int(meta["frames"]),
@@ -468,10 +468,8 @@ def routes(app: Atrium) -> list[Route]:
         args = request.args
         with app.pool.connection() as conn:
             found, phi = find(conn, request, request.params["id"])
-        items = [e for e in found["metadata"].get("events", [])
-                 if ("start" not in args or e["time"] >= args["start"])
-                 and ("end" not in args or e["time"] < args["end"])
-                 and ("label" not in args or e["label"] == args["label"])]
+            items = read_events(conn, found["id"], start=args.get("start"),
+                                end=args.get("end"), label=args.get("label"))
         return json_response({"items": items},
                              audit=AuditNote("recording", found["id"], phi=phi))
 
@@ -529,11 +527,14 @@ def routes(app: Atrium) -> list[Route]:
               auth=(Permission.MANAGE_ORGANIZATION,), summary="Soft-delete a recording",
               responses={204: Reply("Deleted")}),
         Route("GET", "/api/recordings/{id:uuid}/signal", signal, tags=tags, auth=READERS,
-              query=SIGNAL_QUERY,
+              query=SIGNAL_QUERY, coalesce_audit=True,
               summary="Samples of a time window: samples i with start <= i / rate < end",
               description=SIGNAL_DESCRIPTION,
-              responses={200: Reply("The samples (JSON; binary and Arrow: see the "
-                                    "description)", SIGNAL)}),
+              responses={200: Reply("The samples: JSON, or binary or Arrow (layouts in the "
+                                    "description)", SIGNAL,
+                                    alternatives={BINARY: {"type": "string", "format": "binary"},
+                                                  ARROW_STREAM: {"type": "string",
+                                                                 "format": "binary"}})}),
         Route("GET", "/api/recordings/{id:uuid}/events", events, tags=tags, auth=READERS,
               query=EVENTS_QUERY, summary="The recording's annotations as timed events",
               responses={200: Reply("Events in time order",

@@ -41,6 +41,7 @@ __all__ = [
     "WINDOW_SECONDS",
     "decimation_edges",
     "min_max_decimate",
+    "read_events",
     "read_window",
     "write_recording",
 ]
@@ -57,8 +58,8 @@ SEARCH_AGAIN_ABOVE: Final = 1.15
 """A refitted window costing more than this times the last searched one's bytes
 a sample is searched afresh."""
 
-RESERVED_METADATA_KEYS: Final = frozenset({"channels", "events", "storage", "frame_rate",
-                                           "frames", "name", "file_start"})
+RESERVED_METADATA_KEYS: Final = frozenset({"channels", "events", "event_count", "storage",
+                                           "frame_rate", "frames", "name", "file_start"})
 """Keys of ``recordings.metadata`` that the store writes; a caller's may not use them."""
 
 _STORAGE_CODEC: Final = "atrium-signal"
@@ -183,6 +184,24 @@ class _BlockEncoder:
         return blob
 
 
+def _event_window(time: float, frame_rate: float, window: int, windows: int) -> int:
+    """The window an event at ``time`` seconds belongs to; events before the start
+    go to the first, after the end to the last."""
+    frame = math.floor(time * frame_rate + 1e-9) if math.isfinite(time) else 0
+    return min(max(frame // window, 0), windows - 1)
+
+
+def _events_by_window(recording: Recording, window: int, windows: int
+                      ) -> dict[int, list[dict[str, Any]]]:
+    by_window: dict[int, list[dict[str, Any]]] = {}
+    if windows == 0:
+        return by_window
+    for event, entry in zip(recording.events, _event_metadata(recording), strict=True):
+        k = _event_window(event.time, recording.sampling_rate, window, windows)
+        by_window.setdefault(k, []).append(entry)
+    return by_window
+
+
 def _encoded_windows(recording: Recording, blocks: list[list[int]], window: int
                      ) -> list[tuple[int, int, list[bytes]]]:
     """``(first frame, end frame, one blob per block)`` for every window."""
@@ -228,7 +247,9 @@ def write_recording(conn: Any, recording: Recording, *, organization_id: uuid.UU
     The ``sampling_rate`` column is an integer: the frame rate rounded (at
     least 1). The exact rate is ``metadata.frame_rate`` and each channel's own
     rate ``metadata.channels[i].sampling_rate``; reading uses those. Events go
-    to ``metadata.events``.
+    to the ``annotations`` of the window they fall in (the row of the first
+    block's lead), their number to ``metadata.event_count``, so that a Holter's
+    hundred thousand beats never ride along with every read of the recording.
 
     Raises
     ------
@@ -256,7 +277,7 @@ def write_recording(conn: Any, recording: Recording, *, organization_id: uuid.UU
         "frame_rate": frame_rate,
         "frames": recording.frames,
         "channels": _channel_metadata(recording),
-        "events": _event_metadata(recording),
+        "event_count": len(recording.events),
         "storage": {"codec": _STORAGE_CODEC, "codec_version": codec.VERSION,
                     "frame_rate": frame_rate, "frames": recording.frames,
                     "window_frames": window, "blocks": blocks},
@@ -266,14 +287,17 @@ def write_recording(conn: Any, recording: Recording, *, organization_id: uuid.UU
             recording_type, patient_id, organization_id, origin, recording.duration,
             max(1, round(frame_rate)), len(recording.channels), Jsonb(stored))).fetchone()
         recording_id = uuid.UUID(str(row[0]))
+        events = _events_by_window(recording, window, len(windows))
         with conn.cursor() as cur, cur.copy(_COPY_SEGMENTS) as copy:
-            for first, end, blobs in windows:
+            for k, (first, end, blobs) in enumerate(windows):
                 start_at = _frame_time(origin, first, frame_rate)
                 end_at = _frame_time(origin, end, frame_rate)
-                for block, blob in zip(blocks, blobs, strict=True):
+                for b, (block, blob) in enumerate(zip(blocks, blobs, strict=True)):
                     lead = block[0]
-                    copy.write_row((recording_id, lead, start_at, end_at, blob,
-                                    Jsonb({"block": lead, "channels": block})))
+                    notes: dict[str, Any] = {"block": lead, "channels": block}
+                    if b == 0 and k in events:
+                        notes["events"] = events[k]
+                    copy.write_row((recording_id, lead, start_at, end_at, blob, Jsonb(notes)))
                     for member in block[1:]:
                         copy.write_row((recording_id, member, start_at, end_at, None,
                                         Jsonb({"block": lead})))
@@ -352,6 +376,47 @@ def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
             a, b = max(lo, base), min(hi, base + block.shape[1])
             out[a - lo:b - lo] = block[pos, a - base:b - base]
     return result
+
+
+_EVENTS_QUERY: Final = (
+    "SELECT annotations -> 'events' FROM signal_segments "
+    "WHERE recording_id = %s AND channel_index = %s AND segment_start >= %s "
+    "AND segment_start <= %s AND annotations ? 'events' ORDER BY segment_start")
+
+
+def read_events(conn: Any, recording_id: uuid.UUID, *, start: float | None = None,
+                end: float | None = None, label: str | None = None) -> list[dict[str, Any]]:
+    """The recording's events with ``start <= time < end`` (either bound optional)
+    and, if given, this ``label``, in time order. Only the windows that can hold
+    them are read (events before the recording's start sit in its first window,
+    those after its end in its last).
+
+    Raises
+    ------
+    NotFound
+        No recording ``recording_id``.
+    """
+    row = conn.execute(_RECORDING_LAYOUT, (recording_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no recording {recording_id}")
+    origin, storage, _channels = row
+    frame_rate, frames = float(storage["frame_rate"]), int(storage["frames"])
+    window = int(storage["window_frames"])
+    windows = max(1, -(-frames // window))
+    k_lo = 0 if start is None else _event_window(start, frame_rate, window, windows)
+    k_hi = windows - 1 if end is None else _event_window(end, frame_rate, window, windows)
+    if end is not None and end <= 0:
+        k_hi = 0
+    lead = int(storage["blocks"][0][0])
+    found: list[dict[str, Any]] = []
+    for (events,) in conn.execute(_EVENTS_QUERY, (
+            recording_id, lead, _frame_time(origin, k_lo * window, frame_rate),
+            _frame_time(origin, k_hi * window, frame_rate))):
+        found.extend(e for e in events
+                     if (start is None or e["time"] >= start)
+                     and (end is None or e["time"] < end)
+                     and (label is None or e["label"] == label))
+    return found
 
 
 def _fetch_blocks(conn: Any, recording_id: uuid.UUID, origin: dt.datetime, frame_rate: float,
