@@ -29,7 +29,9 @@ Orthanc started here with its own PostgreSQL cluster:
   asks), and JSON physical; the same windows read in this process straight from
   the database (``read_window``: no HTTP, token or audit) as the baseline; and
   ``GET /api/me`` as often, the cost of any request's path (HTTP, token, user)
-  — p50 and p95 of each.
+  — p50 and p95 of each; and a reader scrolling (binary 10 s windows stepping
+  5 s, twelve at a time from random places), which the store's cache of decoded
+  segments serves half from memory.
 
     .venv/bin/python bench/signals.py [--data ../shared/data/signals] [--rounds 3]
                                       [--hours 24] [--windows 300]
@@ -276,7 +278,7 @@ def api_part(data: Path, hours: float, windows_per_round: int, rounds: int) -> N
             recording_id = uuid.UUID(recording["id"])
             rng = np.random.default_rng(1)
             series: dict[str, list[float]] = {"binary": [], "json": [], "in-process": [],
-                                              "/api/me": []}
+                                              "/api/me": [], "scrolling": []}
             session = requests.Session()
             for n in range(rounds):
                 starts = rng.uniform(0, duration - 10, size=windows_per_round)
@@ -305,6 +307,23 @@ def api_part(data: Path, hours: float, windows_per_round: int, rounds: int) -> N
                     series[kind].extend(latencies)
                     rates.append(f"{kind} p50 {percentile(latencies, .5):.1f} ms "
                                  f"p95 {percentile(latencies, .95):.1f} ms")
+                # A reader scrolling: 10 s windows stepping 5 s from random places.
+                latencies = []
+                for first in rng.uniform(0, duration - 70, size=max(1, windows_per_round // 12)):
+                    for step in range(12):
+                        start = float(first) + 5 * step
+                        t0 = time.perf_counter()
+                        got = session.get(
+                            f"{url}/api/recordings/{recording_id}/signal", headers=headers,
+                            timeout=60, params={"start": f"{start:.6f}",
+                                                "end": f"{start + 10:.6f}",
+                                                "format": "binary", "units": "digital"})
+                        latencies.append((time.perf_counter() - t0) * 1000)
+                        if got.status_code != 200:
+                            raise SystemExit(f"scrolling: {got.status_code} {got.text[:300]}")
+                series["scrolling"].extend(latencies)
+                rates.append(f"scrolling p50 {percentile(latencies, .5):.1f} ms "
+                             f"p95 {percentile(latencies, .95):.1f} ms")
                 print(f"round {n + 1}: " + "; ".join(rates))
             for kind, latencies in series.items():
                 print(f"10 s × 12 leads, {kind:10s}: p50 {percentile(latencies, .5):5.1f} ms, "

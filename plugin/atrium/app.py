@@ -10,8 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -46,6 +46,7 @@ from atrium.auth.internal import INTERNAL_HEADER, internal_secret
 from atrium.auth.request_audit import AuditedApi
 from atrium.auth.request_filter import RequestFilter
 from atrium.auth.tokens import validator_for
+from atrium.cache import ByteLru
 from atrium.db import open_pool
 from atrium.dicom.scan import DEFAULT_LIMITS, DicomLimits
 from atrium.dicomnet.policy import AetPolicy
@@ -130,6 +131,7 @@ def dicom_network(settings: Settings, pool: Any) -> DicomNetwork:
 
 
 MIRROR_FETCH_WORKERS = 4
+SIGNAL_CACHE_BYTES = 128 * 1024 * 1024  # about 500 decoded 10 s, 12-lead, 500 Hz segments
 
 
 def build_mirror(settings: Settings, pool: Any, reader: HttpOrthancApi | None = None,
@@ -268,6 +270,9 @@ class Atrium:
     ann_importer: AnnImporter | None = None  # DICOM bulk annotations in Orthanc → slides
     waveform_registry: WaveformRegistry | None = None  # DICOM waveforms in Orthanc → recordings
     slides: SlideLibrary | None = None  # open slide readers and tiles (api.slides)
+    # Decoded signal segments by (recording, block, window): immutable, so never stale.
+    signal_segments: ByteLru[Hashable, Any] = field(
+        default_factory=lambda: ByteLru(SIGNAL_CACHE_BYTES))
     dicom: DicomNetwork | None = None  # C-FIND/C-MOVE scoped per organization; C-GET refused
     # What a DICOM file may hold before any parser sees it (atrium.dicom.scan).
     dicom_limits: DicomLimits = DEFAULT_LIMITS

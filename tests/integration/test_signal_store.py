@@ -17,6 +17,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from atrium.cache import ByteLru
 from atrium.devenv import LocalCluster
 from atrium.errors import BadRequest, NotFound
 from atrium.migrations import apply_migrations
@@ -258,6 +259,35 @@ def test_only_the_overlapping_segments_are_fetched_and_decoded(
     monkeypatch.setattr(store.codec, "decode", counting)
     read_window(conn, recording_id, start=start, end=end)
     assert len(decoded) == blobs
+
+
+def test_a_scrolling_reader_decodes_each_segment_once_with_a_cache(
+        stored: dict[str, Any], conn: psycopg.Connection[Any],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    recording_id, _ = stored["100"]
+    decoded: list[int] = []
+    real = codec.decode
+
+    def counting(blob: bytes) -> Any:
+        decoded.append(len(blob))
+        return real(blob)
+
+    monkeypatch.setattr(store.codec, "decode", counting)
+    cache: ByteLru[Any, Any] = ByteLru(64 * 1024 * 1024)
+    for start in (5.0, 10.0, 15.0, 20.0, 25.0):  # 10 s windows stepping by 5 s
+        cached = read_window(conn, recording_id, start=start, end=start + 10, decoded=cache)
+        fresh = read_window(conn, recording_id, start=start, end=start + 10)
+        assert cached.keys() == fresh.keys()
+        for channel, samples in fresh.items():
+            np.testing.assert_array_equal(cached[channel], samples)
+    fresh_decodes = 2 + 1 + 2 + 1 + 2  # windows straddling two segments decode two
+    assert len(decoded) - fresh_decodes == 4, "segments 0 to 3, each once, into the cache"
+    cached_window = read_window(conn, recording_id, start=10, end=20, decoded=cache)
+    cached_window[0][:] = 0  # the caller's copy: the cache's segment is untouched
+    np.testing.assert_array_equal(read_window(conn, recording_id, start=10, end=20,
+                                              decoded=cache)[1],
+                                  read_window(conn, recording_id, start=10, end=20)[1])
+    assert read_window(conn, recording_id, start=10, end=20, decoded=cache)[0].any()
 
 
 def test_the_segment_query_is_answered_by_the_primary_key_in_one_partition(

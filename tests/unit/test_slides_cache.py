@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from atrium.slides.cache import ByteLru, ReaderCache
+from atrium.cache import ByteLru
+from atrium.slides.cache import ReaderCache
 
 
 def test_the_least_recently_used_tiles_go_first_when_bytes_run_out() -> None:

@@ -17,9 +17,9 @@ import tifffile
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from atrium.cache import ByteLru
 from atrium.errors import ApiError, BadRequest, NotFound, UnsupportedMediaType
 from atrium.slides import tiled
-from atrium.slides.cache import ByteLru
 from atrium.slides.model import tile_grid
 from atrium.slides.source import MemorySource, StoreSource
 from atrium.slides.tiff import MAX_SIDE, MAX_TILE_BYTES, MAX_TILES, open_tiff_slide

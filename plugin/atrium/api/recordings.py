@@ -449,7 +449,8 @@ def routes(app: Atrium) -> list[Route]:
                       for c in chosen]
             check_window_size(sum(counts), sum(n if max_points is None else min(n, max_points)
                                                for n in counts), wanted_format)
-            samples = read_window(conn, found["id"], start=start, end=end, channels=chosen)
+            samples = read_window(conn, found["id"], start=start, end=end, channels=chosen,
+                                  decoded=app.signal_segments)
         duration = float(found["duration_seconds"])
         answer = SignalAnswer(
             sampling_rate=float(found["metadata"].get("frame_rate", found["sampling_rate"])),

@@ -24,7 +24,7 @@ import math
 import os
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Final
 
@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 from psycopg.types.json import Jsonb
 
+from atrium.cache import ByteLru
 from atrium.errors import BadRequest, NotFound
 from atrium.signals import codec
 from atrium.signals.model import Recording
@@ -312,7 +313,8 @@ def write_recording(conn: Any, recording: Recording, *, organization_id: uuid.UU
 
 
 def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
-                end: float | None = None, channels: Sequence[int] | None = None
+                end: float | None = None, channels: Sequence[int] | None = None,
+                decoded: ByteLru[Hashable, NDArray[np.int32]] | None = None
                 ) -> dict[int, NDArray[np.int32]]:
     """The digital samples of ``channels`` in the time span ``[start, end)``.
 
@@ -322,6 +324,9 @@ def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
     the end of the recording; a span past the end is cut to it (possibly empty).
     ``channels=None`` means all, else the indices in the order given (a repeated
     index once). Only the windows overlapping the span are fetched and decoded.
+    ``decoded``: a cache of decoded segments by ``(recording, block, window)``
+    (a recording's segments never change), so that a viewer scrolling forward
+    decodes each segment once rather than once per window it falls in.
 
     Raises
     ------
@@ -363,7 +368,7 @@ def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
             for k in range(lo // spf // window, (hi - 1) // spf // window + 1):
                 needed.add((lead_of[c][0], k))
     result = {c: np.empty(spans[c][1] - spans[c][0], dtype=np.int32) for c in wanted}
-    decoded = _fetch_blocks(conn, recording_id, origin, frame_rate, window, needed)
+    blocks = _fetch_blocks(conn, recording_id, origin, frame_rate, window, needed, decoded)
     for c in wanted:
         lo, hi, spf = spans[c]
         lead, pos = lead_of[c]
@@ -371,7 +376,7 @@ def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
         if hi == lo:
             continue
         for k in range(lo // spf // window, (hi - 1) // spf // window + 1):
-            block = decoded[(lead, k)]
+            block = blocks[(lead, k)]
             base = k * window * spf
             a, b = max(lo, base), min(hi, base + block.shape[1])
             out[a - lo:b - lo] = block[pos, a - base:b - base]
@@ -420,11 +425,30 @@ def read_events(conn: Any, recording_id: uuid.UUID, *, start: float | None = Non
 
 
 def _fetch_blocks(conn: Any, recording_id: uuid.UUID, origin: dt.datetime, frame_rate: float,
+                  window: int, needed: set[tuple[int, int]],
+                  cache: ByteLru[Hashable, NDArray[np.int32]] | None = None
+                  ) -> dict[tuple[int, int], NDArray[np.int32]]:
+    """Decode the blobs of ``needed`` ``(lead channel, window index)`` pairs, in one
+    query for those the cache does not hold."""
+    found: dict[tuple[int, int], NDArray[np.int32]] = {}
+    if cache is not None:
+        for pair in needed:
+            hit = cache.get((recording_id, *pair))
+            if hit is not None:
+                found[pair] = hit
+    rest = needed.difference(found)
+    if not rest:
+        return found
+    found.update(_query_blocks(conn, recording_id, origin, frame_rate, window, rest))
+    if cache is not None:
+        for pair in rest:
+            cache.put((recording_id, *pair), found[pair])
+    return found
+
+
+def _query_blocks(conn: Any, recording_id: uuid.UUID, origin: dt.datetime, frame_rate: float,
                   window: int, needed: set[tuple[int, int]]
                   ) -> dict[tuple[int, int], NDArray[np.int32]]:
-    """Decode the blobs of ``needed`` ``(lead channel, window index)`` pairs, in one query."""
-    if not needed:
-        return {}
     k_lo, k_hi = min(k for _, k in needed), max(k for _, k in needed)
     window_of = {_frame_time(origin, k * window, frame_rate): k for k in range(k_lo, k_hi + 1)}
     leads = sorted({lead for lead, _ in needed})

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from atrium.cache import ByteLru
 from atrium.errors import NotFound
-from atrium.slides.cache import ByteLru, ReaderCache
+from atrium.slides.cache import ReaderCache
 from atrium.slides.deepzoom import dzi_tile
 from atrium.slides.model import ImageFormat, SlideInfo, SlideReader
 from atrium.slides.source import StoreSource

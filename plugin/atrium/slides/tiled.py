@@ -134,7 +134,7 @@ class TiledSource(abc.ABC):
 
 
 class DecodedTileCache(Protocol):
-    """Where a reader may keep decoded stored tiles (:class:`atrium.slides.cache.ByteLru`)."""
+    """Where a reader may keep decoded stored tiles (:class:`atrium.cache.ByteLru`)."""
 
     def get(self, key: Hashable, /) -> np.ndarray | None: ...
 
