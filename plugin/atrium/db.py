@@ -3,22 +3,50 @@
 ``open_pool`` does not wait for PostgreSQL: Atrium must start (and Orthanc keep
 storing) while the database is down; borrowing a connection then fails after
 ``timeout`` seconds and the caller retries later.
+
+A connection is checked (an empty query) when it leaves the pool only if it has
+sat there for :data:`TRUSTED_IDLE_SECONDS` or more: one that came back a moment
+ago worked a moment ago, and a round trip on every borrow — several a request —
+is a measurable share of a cheap request. If PostgreSQL went away in that moment,
+the borrower's query fails and the pool discards the connection when it returns.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import weakref
 from typing import Any
 
 from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
 
-__all__ = ["open_pool"]
+__all__ = ["TRUSTED_IDLE_SECONDS", "open_pool"]
+
+TRUSTED_IDLE_SECONDS = 2.0
+
+
+class _RecentlyReturned:
+    """Check and reset callbacks for the pool: remembers when each connection came
+    back, and checks only those idle long enough to have gone stale."""
+
+    def __init__(self) -> None:
+        self._returned: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def reset(self, conn: Any) -> None:
+        self._returned[conn] = time.monotonic()
+
+    def check(self, conn: Any) -> None:
+        returned = self._returned.get(conn)
+        if returned is not None and time.monotonic() - returned < TRUSTED_IDLE_SECONDS:
+            return
+        ConnectionPool.check_connection(conn)
 
 
 def open_pool(database_url: str, *, max_size: int = 10, timeout: float = 5.0,
               name: str = "atrium") -> ConnectionPool[Any]:
+    recent = _RecentlyReturned()
     pool: ConnectionPool[Any] = ConnectionPool(
         database_url,
         min_size=1,
@@ -28,7 +56,8 @@ def open_pool(database_url: str, *, max_size: int = 10, timeout: float = 5.0,
         open=False,
         reconnect_timeout=0,  # keep trying for ever: PostgreSQL may be down for a while
         kwargs={"application_name": name, "connect_timeout": 5},
-        check=ConnectionPool.check_connection,
+        check=recent.check,
+        reset=recent.reset,
     )
     pool.open(wait=False)
     return pool
