@@ -42,8 +42,10 @@ import json
 import logging
 import re
 import secrets
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -125,6 +127,13 @@ class AuditNote:
     resource_type: str | None = None
     resource_id: uuid.UUID | None = None
     phi: bool = False
+
+
+REQUEST_TIMINGS: ContextVar[dict[str, float] | None] = ContextVar("request_timings",
+                                                                 default=None)
+"""Seconds spent per part of the request being answered (``auth`` is filled by the
+router; :class:`atrium.auth.request_audit.AuditedApi` adds the rest and sends
+them as a ``Server-Timing`` header)."""
 
 
 @dataclass(frozen=True)
@@ -425,5 +434,11 @@ class Router:
         route, raw_params = self.resolve(request.method, request.path)
         request = replace(request, route=route)
         if self._guard is not None:
-            request = self._guard(route, request)
+            began = time.perf_counter()
+            try:
+                request = self._guard(route, request)
+            finally:
+                spent = REQUEST_TIMINGS.get()
+                if spent is not None:
+                    spent["auth"] = time.perf_counter() - began
         return route.handler(route.bind(request, raw_params))
