@@ -1,4 +1,5 @@
-"""Authentication benchmark: what a bearer token and its audit row add to a request.
+"""Request-path benchmark: what Orthanc's hand-off, a bearer token and its audit row
+add to a request, and where the milliseconds of an API answer go.
 
 One Orthanc with Atrium (local dev issuer), one client with a kept-alive
 connection, requests one after another, so each figure is a request's latency:
@@ -8,7 +9,12 @@ connection, requests one after another, so each figure is a request's latency:
   signature and claims checked, the user resolved, one audit row committed);
 * DICOMweb QIDO-RS ``/studies`` straight to the plugin's private root against the
   same search through Atrium's gateway (token, SQL scoping, audit row);
-* ``GET /api/me`` (token, user row, audit row) for the absolute figure.
+* ``GET /api/health`` (public: Orthanc's hand-off to the plugin and Atrium's router,
+  no token, no row) and ``GET /api/me`` (token, user row, audit row) for the
+  absolute figures, with the split of ``/api/me`` that Atrium reports in each
+  answer's ``Server-Timing`` header: ``auth`` (token and caller), ``app`` (the
+  route), ``audit`` (its row and commit); the rest is Orthanc's HTTP server, the
+  hand-off into Python and back, and the client.
 
 Prints p50/p99 of each and the added cost, for ``docs/BENCHMARKS.md``.
 
@@ -45,15 +51,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
 
 
-def timed(session: requests.Session, url: str, headers: dict[str, str], count: int
-          ) -> list[float]:
+def timed(session: requests.Session, url: str, headers: dict[str, str], count: int,
+          split: dict[str, list[float]] | None = None) -> list[float]:
+    """Latencies in ms; with ``split``, the answers' Server-Timing parts as well."""
     for _ in range(20):  # warm caches and connections
         session.get(url, headers=headers, timeout=30).raise_for_status()
     samples = []
     for _ in range(count):
         started = time.perf_counter()
-        session.get(url, headers=headers, timeout=30).raise_for_status()
+        answer = session.get(url, headers=headers, timeout=30)
         samples.append((time.perf_counter() - started) * 1000)
+        answer.raise_for_status()
+        if split is not None:
+            for item in answer.headers.get("Server-Timing", "").split(","):
+                name, _, duration = item.strip().partition(";dur=")
+                if duration:
+                    split.setdefault(name, []).append(float(duration))
     return samples
 
 
@@ -110,7 +123,9 @@ def main() -> int:
             system_token = timed(session, f"{url}/system", bearer, count)
             qido_plugin = timed(session, f"{url}{plugin_root}/studies", internal, count)
             qido_gateway = timed(session, f"{url}/dicom-web/studies", bearer, count)
-            me = timed(session, f"{url}/api/me", bearer, count)
+            health = timed(session, f"{url}/api/health", {}, count)
+            me_split: dict[str, list[float]] = {}
+            me = timed(session, f"{url}/api/me", bearer, count, me_split)
         audit_rows = int(cluster_query(cluster, "SELECT count(*) FROM audit_log"))
 
         print(f"requests: {count} per measure, one client, kept-alive connection")
@@ -118,7 +133,13 @@ def main() -> int:
         print(line("Orthanc GET /system, admin token (validated + audited)", system_token))
         print(line("QIDO-RS /studies, plugin directly", qido_plugin))
         print(line("QIDO-RS /studies, through the gateway (token, scope, audit)", qido_gateway))
+        print(line("GET /api/health (public: hand-off and router only)", health))
         print(line("GET /api/me (token, user, audit)", me))
+        parts = {name: statistics.median(values) for name, values in me_split.items()}
+        rest = statistics.median(me) - sum(parts.values())
+        print("GET /api/me split, medians: " + ", ".join(
+            f"{name} {value:.2f} ms" for name, value in parts.items())
+            + f", Orthanc's HTTP + hand-off + client {rest:.2f} ms")
         added = statistics.median(system_token) - statistics.median(system_internal)
         added99 = percentile(system_token, 0.99) - percentile(system_internal, 0.99)
         gateway = statistics.median(qido_gateway) - statistics.median(qido_plugin)
