@@ -376,7 +376,9 @@ def routes(app: Atrium) -> list[Route]:
                             "body", "upload_ids", f"two uploads are named {file_name!r}")])
                     with app.store.get(name) as stream:
                         files[file_name] = stream.read()
-                answer = store(request, fields, read_signal_files(files))
+                recording = read_signal_files(files)
+                files.clear()  # the samples are copied out: let the file bytes go
+                answer = store(request, fields, recording)
         except StorageError as error:
             log.error("recordings.storage_failed error=%s", error)
             raise ServiceUnavailable("Object storage could not assemble the uploads; nothing "

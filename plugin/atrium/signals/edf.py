@@ -227,7 +227,8 @@ def _read(data: bytes, name: str, events_rate: float | None) -> Recording | list
             value = b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16)
             columns.append(value - ((value & 0x800000) << 1))
         else:
-            columns.append(np.ascontiguousarray(raw).view("<i2").reshape(-1).astype(np.int32))
+            # Kept as int16, the file's own width: a 24 h Holter is half the memory.
+            columns.append(np.ascontiguousarray(raw).view("<i2").reshape(-1))
     frames_per_record = reduce(math.gcd, (s.per_record for s in ordinary), 0)
     rate = events_rate if events_rate is not None else frames_per_record / record_seconds
     events: list[Event] = []

@@ -43,8 +43,8 @@ class EdfRange:
 class Channel:
     """One signal of a recording.
 
-    ``samples`` are the digital integers (``int32`` from the readers; writers
-    accept any integer dtype) at the channel's *own* rate,
+    ``samples`` are the digital integers (``int16`` from 16-bit EDF, ``int32`` from
+    the other readers; writers accept any integer dtype) at the channel's *own* rate,
     ``sampling_rate`` = the recording's frame rate × ``samples_per_frame``.
     ``gain`` is ADC units per physical unit (never 0); ``baseline`` is the
     digital value of physical zero (an integer for WFDB, possibly fractional
