@@ -12,12 +12,16 @@ Description search (``q``) is full-text with web-search syntax (``chest -contras
 ``"lung nodule"``, ``or``) on ``to_tsvector('english', study_description)``, stored
 with each study as ``description_tsv`` (sql/0011_study_search_indexes.sql).
 
-A search pages newest first, and PostgreSQL answers it either by walking
-``idx_studies_org_created`` and filtering until the page is full (matches are
-common) or by finding the matches through another index and sorting them (matches
-are rare). Every filter below is written so that the walk stays cheap per row: the
-stored search vector rather than ``to_tsvector()`` parsing each description again,
-and the series' modality probed per study rather than hashed for all of them.
+A search reads ``studies`` alone, and each of its conditions is a column there: the
+modalities of a study (its own and its live series') and its patient's
+de-identified and deleted flags are derived columns the database keeps through
+triggers on every write of a series or a patient (sql/0022_study_search_columns.sql).
+It pages newest first, and PostgreSQL answers it either by walking
+``idx_studies_org_created`` (``idx_studies_org_created_deidentified`` for a caller
+without ``READ_PHI``) and filtering until the page is full (matches are common) or
+by finding the matches through another index — ``idx_studies_search`` for words and
+modality together — and sorting them (matches are rare). It never reads
+``patients``: the answer's ``patient_is_deidentified`` is the study's copy.
 """
 
 from __future__ import annotations
@@ -41,7 +45,13 @@ from atrium.api.schema import (
     string,
     uuid,
 )
-from atrium.api.scope import live_study_scope, require_live_organization, require_words
+from atrium.api.scope import (
+    Conditions,
+    live_study_scope,
+    organization_scope,
+    require_live_organization,
+    require_words,
+)
 from atrium.auth.principal import Permission
 from atrium.errors import Conflict, NotFound
 
@@ -146,15 +156,21 @@ FROM instances i JOIN series se ON se.id = i.series_id JOIN studies s ON s.id = 
 JOIN patients p ON p.id = s.patient_id
 """)
 
+# The search's own SELECT: the columns of _STUDY_SELECT, from studies alone (the
+# derived s.deidentified is the patient's is_deidentified, kept by sql/0022).
+_SEARCH_SELECT = sql.SQL("""
+SELECT s.id, s.study_instance_uid, s.patient_id, s.deidentified, s.accession_number,
+       s.study_date, s.study_time, s.study_description, s.modality, s.referring_physician,
+       s.number_of_series, s.number_of_instances, s.storage_size_bytes, s.orthanc_id,
+       s.metadata, s.created_at, s.updated_at
+FROM studies s
+""")
 # description_tsv is to_tsvector('english', study_description), stored (a generated
 # column): the same studies match as with the data model's expression index.
 _DESCRIPTION_MATCHES = sql.SQL("s.description_tsv @@ websearch_to_tsquery('english', %s)")
-# OFFSET 0 keeps this EXISTS a probe of idx_series_study_modality for each study the
-# search passes. Without it PostgreSQL hashes every live series of the modality first
-# (the whole list, whatever the LIMIT: 16,667 series per query at 100,000 studies).
-_MODALITY = sql.SQL(
-    "s.modality = %s OR EXISTS (SELECT 1 FROM series m WHERE m.study_id = s.id "
-    "AND m.deleted_at IS NULL AND m.modality = %s OFFSET 0)")
+# s.modalities holds the study's own modality and those of its live series: the same
+# studies as "s.modality = x OR a live series has modality x", from idx_studies_search.
+_MODALITY = sql.SQL("s.modalities @> ARRAY[%s]::text[]")
 _FILTERS: dict[str, str] = {
     "patient_id": "s.patient_id = %s",
     "date_from": "s.study_date >= %s",
@@ -176,6 +192,18 @@ _INSTANCE_COLUMNS = list(_INSTANCE_FIELDS)
 
 def _phi(item: dict[str, Any]) -> bool:
     return not item["patient_is_deidentified"]
+
+
+def search_scope(caller: Any) -> Conditions:
+    """:func:`~atrium.api.scope.study_scope` on the study's derived columns: its
+    organization (the caller's, live), the study live and its patient too
+    (``patient_deleted``), and de-identified (``deidentified``) unless the caller
+    may read PHI — the same studies, without joining ``patients``."""
+    where = organization_scope(caller, "s").add(
+        "s.deleted_at IS NULL AND NOT s.patient_deleted")
+    if not caller.can_read_phi:
+        where.add("s.deidentified")
+    return where
 
 
 def routes(app: Atrium) -> list[Route]:
@@ -201,17 +229,17 @@ def routes(app: Atrium) -> list[Route]:
         args = request.args
         wanted = ORDER.request(args)
         after, values = ORDER.after(wanted)
-        where = live_study_scope(request.caller).add(after, *values)
+        where = search_scope(request.caller).add(after, *values)
         if "q" in args:
             require_words(args["q"])
             where.add(_DESCRIPTION_MATCHES, args["q"])
         if "modality" in args:
-            where.add(_MODALITY, args["modality"], args["modality"])
+            where.add(_MODALITY, args["modality"])
         for name, condition in _FILTERS.items():
             if name in args:
                 where.add(condition, args[name])
         query = sql.SQL("{} WHERE {} ORDER BY {} LIMIT %s").format(
-            _STUDY_SELECT, where.sql(), ORDER.order_by())
+            _SEARCH_SELECT, where.sql(), ORDER.order_by())
         with app.pool.connection() as conn:
             # Planned for its values every time. psycopg prepares a statement it has
             # run 5 times, and PostgreSQL may then reuse a generic plan that guesses how
