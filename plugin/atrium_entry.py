@@ -46,6 +46,7 @@ import orthanc  # noqa: E402
 from atrium.api.http import Request, Response  # noqa: E402
 from atrium.app import Atrium  # noqa: E402
 from atrium.orthanc_api import SdkOrthancApi  # noqa: E402
+from atrium.rest_output import write_answer as _answer  # noqa: E402
 from atrium.settings import PUBLIC_DICOMWEB_ROOT, SettingsError, load_settings  # noqa: E402
 
 
@@ -101,30 +102,6 @@ def on_change(change_type: object, level: object, resource_id: str) -> None:
         handler(level, resource_id)
     except Exception:  # noqa: BLE001
         logging.getLogger("atrium.entry").exception("on_change failed type=%s", change_type)
-
-
-def _answer(output: object, response: Response) -> None:
-    if response.status == 405:
-        # Orthanc reserves 405 to this call, which writes the Allow header itself.
-        allowed = response.headers.get("Allow", "")
-        output.SendMethodNotAllowed(allowed)  # type: ignore[attr-defined]
-        return
-    for name, value in response.headers.items():
-        output.SetHttpHeader(name, value)  # type: ignore[attr-defined]
-    if response.status == 200:
-        output.AnswerBuffer(response.body, response.content_type)  # type: ignore[attr-defined]
-    elif response.status == 304:
-        # Not Modified carries no body, so not even a Content-Type.
-        output.SendHttpStatusCode(304)  # type: ignore[attr-defined]
-    else:
-        output.SetHttpHeader("Content-Type", response.content_type)  # type: ignore[attr-defined]
-        try:
-            # orthanc-python 4.0 takes (status, str, size in bytes)...
-            output.SendHttpStatus(  # type: ignore[attr-defined]
-                response.status, response.body.decode("utf-8", "replace"), len(response.body))
-        except TypeError:
-            # ...later releases take (status, body).
-            output.SendHttpStatus(response.status, response.body)  # type: ignore[attr-defined]
 
 
 # Orthanc gives the client's address to the request filter only; the route that
@@ -210,7 +187,8 @@ def on_api(output: object, uri: str, **request: object) -> None:
 
 
 def on_dicomweb(output: object, uri: str, **request: object) -> None:
-    """Intervention: every request to the public DICOMweb root (Atrium's gateway)."""
+    """Intervention: every request to the public DICOMweb root (Atrium's gateway).
+    A WADO-RS retrieval is sent part by part from this thread as the parts arrive."""
     path = uri[len(PUBLIC_DICOMWEB_ROOT) - 1:]
     _answer(output, _app.dicomweb.handle(_request(path, request)))
 

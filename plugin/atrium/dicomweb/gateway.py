@@ -15,6 +15,12 @@ private root that only Atrium's internal credential reaches, and the public root
    ``Content-Type``, and rewrites the private root into the public one in JSON;
 4. writes one audit row before the answer leaves (PHI when an identified
    patient's data is in it).
+
+A WADO-RS retrieval of a study, series or instance is relayed part by part
+(:class:`MultipartAnswer`): the row is committed once the plugin's status is in
+and before the first part goes out, and the gateway then holds one instance at a
+time. Every other answer is read whole, then relayed with its status, content
+type and bytes as the plugin sent them.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -32,7 +38,13 @@ from atrium.auth.guard import AuthGuard, Caller
 from atrium.auth.principal import Permission
 from atrium.auth.request_audit import audit_event, recorded_or_withheld
 from atrium.dicom.scan import DEFAULT_LIMITS, DicomLimits, UnsafeDicom, scan
-from atrium.dicomweb.forward import Forwarded, PluginForwarder
+from atrium.dicomweb.forward import Forwarded, PluginForwarder, Upstream
+from atrium.dicomweb.multipart_stream import (
+    MalformedMultipart,
+    MultipartAnswer,
+    iter_parts,
+    multipart_type,
+)
 from atrium.dicomweb.qido import (
     MAX_LIMIT,
     MAX_OFFSET,
@@ -70,11 +82,52 @@ JOIN patients p ON p.id = s.patient_id
 WHERE s.study_instance_uid = ANY(%(uids)s) AND s.organization_id = %(org)s
   AND s.deleted_at IS NULL AND p.deleted_at IS NULL AND (%(phi)s OR p.is_deidentified)
 """
+# What recorded_or_withheld hands back when a streamed answer may go out.
+_MAY_GO_OUT = Response(200, b"")
+
+
 @dataclass(frozen=True)
 class _Answer:
-    response: Response
+    response: Response | MultipartAnswer
     phi: bool = False
     study_uid: str | None = None
+
+
+def _is_retrieval(parts: list[str]) -> bool:
+    """Whether ``parts`` name a study, series or instance itself (WADO-RS retrieve
+    of whole instances): ``studies/{uid}[/series/{uid}[/instances/{uid}]]``.
+
+    Only these are streamed. Their parts carry no header of their own, which
+    orthanc-python 4.0's ``SendMultipartItem`` could not relay; frames and bulk data
+    carry ``Content-Location`` and are one instance's worth at most."""
+    levels = ["series", "instances"]
+    return len(parts) in (2, 4, 6) and parts[2::2] == levels[:len(parts) // 2 - 1] \
+        and all(parts[1::2])
+
+
+def _streamed(upstream: Upstream) -> MultipartAnswer:
+    """The parts of a 200 ``multipart/...`` answer, relayed as they arrive.
+
+    A part or a connection that breaks mid-answer raises from the iterator: the
+    status line is gone by then, so the client sees an answer without its closing
+    delimiter, never a shorter answer that looks complete."""
+    found = multipart_type(upstream.content_type)
+    assert found is not None
+    subtype, kind, boundary = found
+
+    def bodies() -> Iterator[memoryview]:
+        count = 0
+        try:
+            for part in iter_parts(upstream.chunks(), boundary):
+                yield part.body
+                count += 1
+        except (MalformedMultipart, ServiceUnavailable) as broken:
+            log.warning("dicomweb.stream_broken parts_sent=%d reason=%s", count, broken)
+            raise
+        log.info("dicomweb.streamed parts=%d", count)
+
+    return MultipartAnswer(subtype, kind or "application/octet-stream", bodies(),
+                           upstream.close)
 
 
 def _study_uid_of(answer_item: Mapping[str, Any]) -> str | None:
@@ -138,8 +191,10 @@ class DicomWebGateway:
         self._plugin_root = plugin_root.encode()
 
     # -- the edge ------------------------------------------------------------------
-    def handle(self, request: Request) -> Response:
-        """``request.path`` is below the public root, e.g. ``/studies``."""
+    def handle(self, request: Request) -> Response | MultipartAnswer:
+        """``request.path`` is below the public root, e.g. ``/studies``. A
+        :class:`MultipartAnswer` is returned only once its audit row is committed;
+        its caller sends its parts and closes it."""
         caller: Caller | None = None
         try:
             caller = self._guard.caller(request.headers.get("authorization"))
@@ -154,7 +209,13 @@ class DicomWebGateway:
             status=answer.response.status, client_ip=request.client_ip,
             headers=request.headers, resource_type="dicom-web", phi=answer.phi,
             path=request.path[:200], study_instance_uid=answer.study_uid)
-        return recorded_or_withheld(self._connect, event, answer.response)
+        if not isinstance(answer.response, MultipartAnswer):
+            return recorded_or_withheld(self._connect, event, answer.response)
+        outcome = recorded_or_withheld(self._connect, event, _MAY_GO_OUT)
+        if outcome is _MAY_GO_OUT:
+            return answer.response
+        answer.response.close()
+        return outcome
 
     def _serve(self, caller: Caller, request: Request) -> _Answer:
         parts = [p for p in request.path.split("/") if p]
@@ -222,8 +283,17 @@ class DicomWebGateway:
                                                  "phi": caller.can_read_phi}).fetchone()
         if row is None:
             raise NotFound(f"No study {study_uid} in your organization.")
-        forwarded = self._forward("GET", request.path, dict(request.query), request.headers)
-        return _Answer(self._relay(forwarded), phi=not row[0], study_uid=study_uid)
+        phi = not row[0]
+        if _is_retrieval([p for p in request.path.split("/") if p]):
+            upstream = self._forward.open("GET", request.path, dict(request.query),
+                                          request.headers)
+            if upstream.status == 200 and multipart_type(upstream.content_type):
+                return _Answer(_streamed(upstream), phi=phi, study_uid=study_uid)
+            forwarded = upstream.read()
+        else:
+            forwarded = self._forward("GET", request.path, dict(request.query),
+                                      request.headers)
+        return _Answer(self._relay(forwarded), phi=phi, study_uid=study_uid)
 
     # -- STOW-RS -------------------------------------------------------------------
     def _store(self, caller: Caller, request: Request, target_uid: str | None) -> _Answer:
@@ -307,5 +377,6 @@ class DicomWebGateway:
         body = forwarded.body
         if "json" in forwarded.content_type or "xml" in forwarded.content_type:
             body = body.replace(self._plugin_root, self._public_root)
-        return Response(forwarded.status, body,
-                        forwarded.content_type or "application/octet-stream")
+        # An error without a Content-Type (Orthanc's own 404s) goes out without one.
+        default = "application/octet-stream" if forwarded.status < 300 else ""
+        return Response(forwarded.status, body, forwarded.content_type or default)
