@@ -30,9 +30,9 @@ from atrium.signals.answers import (
     check_window_size,
     encode_arrow,
     encode_binary,
-    first_sample_at,
     window_samples,
 )
+from atrium.signals.store import first_sample_at
 
 
 def decode_binary(blob: bytes) -> dict[str, Any]:

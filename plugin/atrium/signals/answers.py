@@ -13,7 +13,6 @@ pyarrow is imported by :func:`encode_arrow` only (it is heavy to import).
 
 from __future__ import annotations
 
-import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from atrium.errors import BadRequest, FieldError
-from atrium.signals.store import min_max_decimate
+from atrium.signals.store import first_sample_at, min_max_decimate
 
 __all__ = [
     "ARROW_STREAM",
@@ -41,7 +40,6 @@ __all__ = [
     "check_window_size",
     "encode_arrow",
     "encode_binary",
-    "first_sample_at",
 ]
 
 BINARY: Final = "application/octet-stream"
@@ -112,20 +110,6 @@ class SignalAnswer:
             channels.append(entry)
         return {"sampling_rate": self.sampling_rate, "start": self.start, "end": self.end,
                 "channels": channels}
-
-
-def first_sample_at(t: float, rate: float, count: int) -> int:
-    """The smallest ``i`` in ``[0, count]`` with ``t <= i / rate`` (``count`` if none),
-    computed as :func:`atrium.signals.store.read_window` does, so that counts and
-    ``first_sample`` agree with the samples it gives."""
-    if t <= 0:
-        return 0
-    i = min(count, math.ceil(t * rate))
-    while i > 0 and (i - 1) / rate >= t:
-        i -= 1
-    while i < count and i / rate < t:
-        i += 1
-    return i
 
 
 def window_samples(start: float, end: float | None, rate: float, count: int) -> int:

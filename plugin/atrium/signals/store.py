@@ -41,6 +41,7 @@ __all__ = [
     "RESERVED_METADATA_KEYS",
     "WINDOW_SECONDS",
     "decimation_edges",
+    "first_sample_at",
     "min_max_decimate",
     "read_events",
     "read_window",
@@ -108,7 +109,7 @@ def _frame_time(origin: dt.datetime, frame: int, frame_rate: float) -> dt.dateti
     return origin + dt.timedelta(microseconds=round(frame * 1_000_000 / frame_rate))
 
 
-def _first_sample_at(t: float, rate: float, count: int) -> int:
+def first_sample_at(t: float, rate: float, count: int) -> int:
     """The smallest ``i`` in ``[0, count]`` with ``t <= i / rate`` (``count`` if none)."""
     if t <= 0:
         return 0
@@ -360,8 +361,8 @@ def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
         spf, rate = int(channel_meta[c]["samples_per_frame"]), float(
             channel_meta[c]["sampling_rate"])
         count = frames * spf
-        lo = _first_sample_at(start, rate, count)
-        hi = count if end is None else _first_sample_at(end, rate, count)
+        lo = first_sample_at(start, rate, count)
+        hi = count if end is None else first_sample_at(end, rate, count)
         hi = max(lo, hi)
         spans[c] = (lo, hi, spf)
         if hi > lo:
