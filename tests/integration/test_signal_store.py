@@ -242,37 +242,34 @@ def test_a_window_crossing_a_month_boundary_reads_both_partitions(
         np.testing.assert_array_equal(samples[index], _expected(recording, index, 11.0, 13.0))
 
 
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The sizes of the segments the store decodes during the test."""
+    sizes: list[int] = []
+    real = codec.decode
+
+    def counting(blob: bytes) -> Any:
+        sizes.append(len(blob))
+        return real(blob)
+
+    monkeypatch.setattr(store.codec, "decode", counting)
+    return sizes
+
+
 @pytest.mark.parametrize(("start", "end", "blobs"), [
     (100.0, 101.0, 1), (9.5, 10.5, 2), (1000.0, 1000.001, 1), (30.0, 50.0, 2),
 ])
 def test_only_the_overlapping_segments_are_fetched_and_decoded(
         stored: dict[str, Any], conn: psycopg.Connection[Any],
-        monkeypatch: pytest.MonkeyPatch, start: float, end: float, blobs: int) -> None:
+        decoded: list[int], start: float, end: float, blobs: int) -> None:
     recording_id, _ = stored["100"]  # 30 min, 181 windows, one block of two channels
-    decoded: list[int] = []
-    real = codec.decode
-
-    def counting(blob: bytes) -> Any:
-        decoded.append(len(blob))
-        return real(blob)
-
-    monkeypatch.setattr(store.codec, "decode", counting)
     read_window(conn, recording_id, start=start, end=end)
     assert len(decoded) == blobs
 
 
 def test_a_scrolling_reader_decodes_each_segment_once_with_a_cache(
-        stored: dict[str, Any], conn: psycopg.Connection[Any],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        stored: dict[str, Any], conn: psycopg.Connection[Any], decoded: list[int]) -> None:
     recording_id, _ = stored["100"]
-    decoded: list[int] = []
-    real = codec.decode
-
-    def counting(blob: bytes) -> Any:
-        decoded.append(len(blob))
-        return real(blob)
-
-    monkeypatch.setattr(store.codec, "decode", counting)
     cache: ByteLru[Any, Any] = ByteLru(64 * 1024 * 1024)
     for start in (5.0, 10.0, 15.0, 20.0, 25.0):  # 10 s windows stepping by 5 s
         cached = read_window(conn, recording_id, start=start, end=start + 10, decoded=cache)
