@@ -1,10 +1,12 @@
 """What several benchmarks share: an Orthanc with Atrium on a private PostgreSQL
-cluster, its resident memory, and a resumable upload through ``/api/uploads``."""
+cluster, its resident memory, a resumable upload through ``/api/uploads``, and a
+STOW-RS body."""
 
 from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
 import threading
 import time
@@ -95,3 +97,40 @@ def upload(url: str, headers: dict[str, str], path: Path, chunk: int) -> tuple[s
                          "Content-Range": f"bytes {start_at}-{start_at + len(data) - 1}/{size}"})
             answer.raise_for_status()
     return created["id"], size / (time.perf_counter() - began) / 1e6
+
+
+def stow_body(blobs: Sequence[bytes]) -> tuple[bytes, str]:
+    """A STOW-RS request body holding ``blobs`` and its ``Content-Type``."""
+    boundary = os.urandom(12).hex()
+    head = f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+    body = b"".join(head + blob + b"\r\n" for blob in blobs) + f"--{boundary}--\r\n".encode()
+    return body, f'multipart/related; type="application/dicom"; boundary={boundary}'
+
+
+class MemorySamples:
+    """A process's resident memory (MiB) every ``interval`` s, as (seconds since
+    ``t0`` on the monotonic clock, MiB), until :meth:`stop`."""
+
+    def __init__(self, pid: int, t0: float, interval: float = 1.0) -> None:
+        self.pid, self.t0, self.interval = pid, t0, interval
+        self.samples: list[tuple[float, float]] = []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.interval):
+            self.samples.append((time.monotonic() - self.t0, resident_mib(self.pid)))
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def median(self, start: float, end: float) -> float:
+        """The median of the samples taken from ``start`` to ``end`` s (NaN if none)."""
+        values = [mib for at, mib in self.samples if start <= at <= end]
+        return statistics.median(values) if values else float("nan")
+
+    def peak(self, start: float = 0.0) -> float:
+        """The highest sample from ``start`` s on (NaN if none)."""
+        return max((mib for at, mib in self.samples if at >= start), default=float("nan"))
