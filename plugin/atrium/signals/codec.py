@@ -682,9 +682,9 @@ def _encode_raw(low, rng, cache, pending, pos, out, value, n_bits):  # type: ign
 # values too, so that the compiler holds it in registers, and a decision is taken
 # without a branch (masks instead of if/else): a near-even bit is a coin toss to
 # the processor's branch predictor. Together two to three times the speed of an
-# array-held state with branches (measured on 10 s, 12-lead blocks). ``data`` ends with one zero byte past the
-# payload, which every read beyond the end lands on (the encoder drops trailing
-# zeros).
+# array-held state with branches (measured on 10 s, 12-lead blocks). ``data``
+# ends with one zero byte past the payload, which every read beyond the end lands
+# on (the encoder drops trailing zeros).
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
