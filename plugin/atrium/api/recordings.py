@@ -64,7 +64,7 @@ from atrium.signals.answers import (
 )
 from atrium.signals.edf import write_edf
 from atrium.signals.model import Channel, EdfRange, Event, Recording
-from atrium.signals.store import read_events, read_window, write_recording
+from atrium.signals.store import Layout, read_events, read_window, write_recording
 from atrium.signals.wfdb import write_wfdb
 from atrium.storage import StorageError
 
@@ -296,10 +296,16 @@ def _format_of(accept: str) -> str:
     return "binary" if BINARY in types else "json"
 
 
+def layout_of(found: dict[str, Any]) -> Layout:
+    """The store's :data:`Layout` from a recording the route has read already."""
+    meta = found["metadata"]
+    return found["recording_date"], meta["storage"], meta["channels"]
+
+
 def stored_recording(conn: Any, found: dict[str, Any]) -> Recording:
     """The whole recording back from the store (digital samples, channels, events)."""
     meta = found["metadata"]
-    samples = read_window(conn, found["id"])
+    samples = read_window(conn, found["id"], layout=layout_of(found))
     channels = []
     for index, c in enumerate(meta["channels"]):
         edf_range = c.get("edf_range")
@@ -314,7 +320,8 @@ def stored_recording(conn: Any, found: dict[str, Any]) -> Recording:
     events = tuple(Event(time=e["time"], sample=e["sample"], label=e["label"],
                          channel=e.get("channel"), text=e.get("text"),
                          duration=e.get("duration"), subtype=e.get("subtype", 0),
-                         number=e.get("number", 0)) for e in read_events(conn, found["id"]))
+                         number=e.get("number", 0))
+                   for e in read_events(conn, found["id"], layout=layout_of(found)))
     start = found["recording_date"].astimezone(dt.UTC).replace(tzinfo=None)
     return Recording(name=meta.get("name") or "recording",
                      sampling_rate=float(meta["frame_rate"]), frames=int(meta["frames"]),
@@ -452,7 +459,7 @@ def routes(app: Atrium) -> list[Route]:
             check_window_size(sum(counts), sum(n if max_points is None else min(n, max_points)
                                                for n in counts), wanted_format)
             samples = read_window(conn, found["id"], start=start, end=end, channels=chosen,
-                                  decoded=app.signal_segments)
+                                  decoded=app.signal_segments, layout=layout_of(found))
         duration = float(found["duration_seconds"])
         answer = SignalAnswer(
             sampling_rate=float(found["metadata"].get("frame_rate", found["sampling_rate"])),
@@ -471,7 +478,8 @@ def routes(app: Atrium) -> list[Route]:
         args = request.args
         with app.pool.connection() as conn:
             found, phi = find(conn, request, request.params["id"])
-            items = read_events(conn, found["id"], start=args.get("start"),
+            items = read_events(conn, found["id"], layout=layout_of(found),
+                                start=args.get("start"),
                                 end=args.get("end"), label=args.get("label"))
         return json_response({"items": items},
                              audit=AuditNote("recording", found["id"], phi=phi))

@@ -39,6 +39,7 @@ from atrium.signals.model import Recording
 
 __all__ = [
     "RESERVED_METADATA_KEYS",
+    "Layout",
     "WINDOW_SECONDS",
     "decimation_edges",
     "first_sample_at",
@@ -315,8 +316,8 @@ def write_recording(conn: Any, recording: Recording, *, organization_id: uuid.UU
 
 def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
                 end: float | None = None, channels: Sequence[int] | None = None,
-                decoded: ByteLru[Hashable, NDArray[np.int32]] | None = None
-                ) -> dict[int, NDArray[np.int32]]:
+                decoded: ByteLru[Hashable, NDArray[np.int32]] | None = None,
+                layout: Layout | None = None) -> dict[int, NDArray[np.int32]]:
     """The digital samples of ``channels`` in the time span ``[start, end)``.
 
     Channel ``c`` at its own rate ``r`` gives its samples ``i`` with
@@ -328,6 +329,8 @@ def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
     ``decoded``: a cache of decoded segments by ``(recording, block, window)``
     (a recording's segments never change), so that a viewer scrolling forward
     decodes each segment once rather than once per window it falls in.
+    ``layout``: the recording's :data:`Layout`, when the caller has read its row
+    already (the API has, to check scope); else it is read here.
 
     Raises
     ------
@@ -340,10 +343,7 @@ def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
         raise BadRequest("start and end must be finite numbers of seconds")
     if end is not None and end < start:
         raise BadRequest(f"end ({end}) is before start ({start})")
-    row = conn.execute(_RECORDING_LAYOUT, (recording_id,)).fetchone()
-    if row is None:
-        raise NotFound(f"no recording {recording_id}")
-    origin, storage, channel_meta = row
+    origin, storage, channel_meta = layout or _layout(conn, recording_id)
     frame_rate, frames = float(storage["frame_rate"]), int(storage["frames"])
     window = int(storage["window_frames"])
     lead_of = {c: (block[0], pos) for block in storage["blocks"]
@@ -384,6 +384,18 @@ def read_window(conn: Any, recording_id: uuid.UUID, *, start: float = 0.0,
     return result
 
 
+Layout = tuple[dt.datetime, Mapping[str, Any], Sequence[Mapping[str, Any]]]
+"""What reading needs of a ``recordings`` row: ``recording_date``,
+``metadata.storage`` and ``metadata.channels``."""
+
+
+def _layout(conn: Any, recording_id: uuid.UUID) -> Layout:
+    row = conn.execute(_RECORDING_LAYOUT, (recording_id,)).fetchone()
+    if row is None:
+        raise NotFound(f"no recording {recording_id}")
+    return row[0], row[1], row[2]
+
+
 _EVENTS_QUERY: Final = (
     "SELECT annotations -> 'events' FROM signal_segments "
     "WHERE recording_id = %s AND channel_index = %s AND segment_start >= %s "
@@ -391,7 +403,8 @@ _EVENTS_QUERY: Final = (
 
 
 def read_events(conn: Any, recording_id: uuid.UUID, *, start: float | None = None,
-                end: float | None = None, label: str | None = None) -> list[dict[str, Any]]:
+                end: float | None = None, label: str | None = None,
+                layout: Layout | None = None) -> list[dict[str, Any]]:
     """The recording's events with ``start <= time < end`` (either bound optional)
     and, if given, this ``label``, in time order. Only the windows that can hold
     them are read (events before the recording's start sit in its first window,
@@ -402,10 +415,7 @@ def read_events(conn: Any, recording_id: uuid.UUID, *, start: float | None = Non
     NotFound
         No recording ``recording_id``.
     """
-    row = conn.execute(_RECORDING_LAYOUT, (recording_id,)).fetchone()
-    if row is None:
-        raise NotFound(f"no recording {recording_id}")
-    origin, storage, _channels = row
+    origin, storage, _channels = layout or _layout(conn, recording_id)
     frame_rate, frames = float(storage["frame_rate"]), int(storage["frames"])
     window = int(storage["window_frames"])
     windows = max(1, -(-frames // window))
