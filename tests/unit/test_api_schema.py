@@ -99,3 +99,15 @@ def test_a_long_field_name_is_shortened_when_echoed() -> None:
     name = "k" * 10_000
     [(field, _message)] = errors(obj({"a": string()}), {name: 1})
     assert len(field) == 64 and field.endswith("…")
+
+
+def test_long_integer_lists_are_checked_whole_and_bad_items_still_named() -> None:
+    samples = obj({"s": array(integer(minimum=-10, maximum=10))})
+    good = list(range(-10, 11)) * 50_000  # a million samples: the shortcut
+    assert errors(samples, {"s": good}) == []
+    assert errors(samples, {"s": []}) == []
+    assert errors(samples, {"s": [1, 2.0, -3]}) == []  # 2.0 is an integer in JSON Schema
+    for bad, why in ((True, "a bool"), (1.5, "a fraction"), ("3", "a string"),
+                     (11, "over the maximum"), (-11, "under the minimum"), (None, "null")):
+        found = errors(samples, {"s": [*good[:1000], bad, *good[:1000]]})
+        assert [field for field, _ in found] == ["s[1000]"], why

@@ -23,6 +23,7 @@ from typing import Any
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import SchemaError, ValidationError
 from jsonschema.protocols import Validator
+from jsonschema.validators import extend
 
 from atrium.errors import FieldError, Location
 
@@ -183,6 +184,30 @@ def _format_checker() -> FormatChecker:
     return checker
 
 
+_PLAIN_INTEGER_KEYS = frozenset({"type", "minimum", "maximum", "description", "format"})
+_items = Draft202012Validator.VALIDATORS["items"]
+
+
+def _fast_items(validator: Any, items: Any, instance: Any, schema: Schema
+                ) -> Iterable[ValidationError]:
+    """``items``, with a shortcut for long lists of plain integers (a recording's
+    samples: millions of them): when every item is an ``int`` within the bounds the
+    list is valid, found at C speed instead of one schema check per item (seconds
+    for a million). Any other list goes through the full check, which finds and
+    names the bad items exactly as before."""
+    if (isinstance(instance, list) and isinstance(items, dict)
+            and items.get("type") == "integer" and _PLAIN_INTEGER_KEYS.issuperset(items)
+            and all(type(item) is int for item in instance)):
+        low, high = items.get("minimum"), items.get("maximum")
+        if not instance or ((low is None or min(instance) >= low)
+                            and (high is None or max(instance) <= high)):
+            return
+    yield from _items(validator, items, instance, schema)
+
+
+_Validator = extend(Draft202012Validator, {"items": _fast_items})
+
+
 def compile_schema(schema: Schema, *, what: str = "schema") -> Validator:
     """A validator for ``schema``, asserting formats.
 
@@ -196,7 +221,7 @@ def compile_schema(schema: Schema, *, what: str = "schema") -> Validator:
         Draft202012Validator.check_schema(schema)
     except SchemaError as error:
         raise ValueError(f"The {what} is not a valid JSON Schema: {error.message}") from None
-    return Draft202012Validator(schema, format_checker=_format_checker())
+    return _Validator(schema, format_checker=_format_checker())
 
 
 # ------------------------------------------------------------------------ errors
