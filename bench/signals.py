@@ -3,10 +3,13 @@
 For each record in ``../shared/data/signals`` (WFDB records through ``wfdb``,
 EDF files through ``pyedflib``), on the same digital samples, in one run:
 
-* **Atrium, per channel**: one segment per channel per 10 s window (how the
-  store keeps ``signal_segments``), every byte of every segment counted;
+* **Atrium, per channel**: one segment per channel per 10 s window, every
+  byte of every segment counted;
 * **Atrium, joint**: one segment per 10 s window holding all channels of the
   same sampling rate (channels predicted from the earlier ones);
+* **Atrium, stored**: joint, in the windows the store gives the record (about
+  24,000 samples of all channels, 2 to 10 s: ``store.window_seconds``) — what
+  ``signal_segments`` holds;
 * **FLAC** at its highest level (``soundfile``, libFLAC level 8), each channel
   a whole mono file, and the channels as stereo pairs (an odd last one mono),
   headers included — whole files, which favours FLAC over 10 s segments;
@@ -59,6 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 
 from atrium.signals.codec import decode, encode_block, encode_segment  # noqa: E402
+from atrium.signals.store import window_seconds  # noqa: E402
 
 WINDOW_SECONDS = 10
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "signals"
@@ -99,17 +103,22 @@ def read_edf(path: Path) -> Record | None:
     return Record(path.stem, groups)
 
 
-def windows(record: Record) -> list[np.ndarray]:
+def stored_seconds(record: Record) -> float:
+    """The window the store gives this record (``store.window_seconds``)."""
+    return window_seconds(sum(rate * block.shape[0] for rate, block in record.groups))
+
+
+def windows(record: Record, seconds: float = WINDOW_SECONDS) -> list[np.ndarray]:
     out = []
     for rate, block in record.groups:
-        width = WINDOW_SECONDS * rate
+        width = max(1, int(seconds * rate))
         out.extend(block[:, s : s + width] for s in range(0, block.shape[1], width))
     return out
 
 
-def atrium_bytes(record: Record, *, joint: bool) -> int:
+def atrium_bytes(record: Record, *, joint: bool, seconds: float = WINDOW_SECONDS) -> int:
     total = 0
-    for window in windows(record):
+    for window in windows(record, seconds):
         if joint:
             segment = encode_block(window)
             assert np.array_equal(decode(segment), window)
@@ -359,9 +368,10 @@ def codec_part(args: argparse.Namespace) -> None:
     encode_segment(np.arange(64))  # compile (or load) the codec's loops before timing
     decode(encode_block(np.stack([np.arange(64), np.arange(64)])))
     print(f"# {platform.processor() or platform.machine()}, Python {platform.python_version()}")
-    print(f"# bytes per sample ({WINDOW_SECONDS} s segments for Atrium); MB/s of int32 samples")
+    print(f"# bytes per sample ({WINDOW_SECONDS} s segments for Atrium; 'stored': the "
+          "store's own window for the record, all channels a segment); MB/s of int32 samples")
     columns = (
-        "record", "channels", "samples", "atrium/ch", "atrium/joint",
+        "record", "channels", "samples", "atrium/ch", "atrium/joint", "stored",
         "flac mono", "flac pairs", "zstd-19", "enc MB/s", "dec MB/s",
     )  # fmt: skip
     print(" | ".join(f"{c:>12}" for c in columns))
@@ -378,6 +388,8 @@ def codec_part(args: argparse.Namespace) -> None:
             str(n),
             ratio(atrium_bytes(record, joint=False)),
             ratio(atrium_bytes(record, joint=True)),
+            f"{ratio(atrium_bytes(record, joint=True, seconds=stored_seconds(record)))} "
+            f"({stored_seconds(record):g} s)",
             ratio(flac_total(record, pairs=False)),
             ratio(flac_total(record, pairs=True)),
             ratio(zstd_bytes(record)),

@@ -221,7 +221,11 @@ def test_one_row_per_channel_per_window_with_the_blob_in_the_leads_row(
         "SELECT channel_index, count(*), count(data_blob), min(annotations ->> 'block') "
         "FROM signal_segments WHERE recording_id = %s GROUP BY channel_index "
         "ORDER BY channel_index", (recording_id,)).fetchall()
-    windows = -(-recording.frames // 10_000)
+    # 15 channels at 1 kHz: 24,000 samples would be 1.6 s, so the 2 s floor.
+    window = conn.execute("SELECT metadata -> 'storage' -> 'window_frames' FROM recordings "
+                          "WHERE id = %s", (recording_id,)).fetchone()[0]
+    assert window == 2_000
+    windows = -(-recording.frames // window)
     assert [r[0] for r in rows] == list(range(15))
     assert all(r[1] == windows and r[3] == "0" for r in rows)
     assert [r[2] for r in rows] == [windows] + [0] * 14

@@ -46,16 +46,28 @@ __all__ = [
     "min_max_decimate",
     "read_events",
     "read_window",
+    "window_seconds",
     "write_recording",
 ]
 
 log = logging.getLogger(__name__)
 
 WINDOW_SECONDS: Final = 10.0
-"""A segment covers at most this many seconds (``floor(10 × frame rate)`` frames)."""
+"""A segment covers at most this many seconds."""
 
-SEARCH_EVERY: Final = 30
-"""Windows between two full predictor searches (5 minutes at 10 s windows)."""
+MIN_WINDOW_SECONDS: Final = 2.0
+"""…and at least this many (unless the recording is shorter)."""
+
+WINDOW_SAMPLES: Final = 24_000
+"""Samples of all channels together a window aims at, between those bounds. A
+reader of any span decodes the windows it touches whole, so the cost of a 10 s
+read is about ``10 s + one window`` of samples: a 12-lead 500 Hz ECG is cut in
+4 s windows (a 10 s read decodes about 14 s rather than 20 s, for 2 % more
+bytes), while a two-lead 360 Hz record keeps 10 s windows, where the coder's
+adaptation needs the length."""
+
+SEARCH_SECONDS: Final = 300.0
+"""Recording time between two full predictor searches of a block."""
 
 SEARCH_AGAIN_ABOVE: Final = 1.15
 """A refitted window costing more than this times the last searched one's bytes
@@ -88,8 +100,17 @@ primary key's index answers it and the range on ``segment_start`` prunes months.
 # --- layout -----------------------------------------------------------------------
 
 
-def _window_frames(frame_rate: float) -> int:
-    return max(1, math.floor(WINDOW_SECONDS * frame_rate + 1e-9))
+def window_seconds(samples_per_second: float) -> float:
+    """How long a window is for a recording of ``samples_per_second`` samples of all
+    channels together: :data:`WINDOW_SAMPLES` of them, within
+    :data:`MIN_WINDOW_SECONDS` and :data:`WINDOW_SECONDS`."""
+    return min(WINDOW_SECONDS,
+               max(MIN_WINDOW_SECONDS, WINDOW_SAMPLES / max(samples_per_second, 1e-9)))
+
+
+def _window_frames(frame_rate: float, samples_per_frame: Sequence[int]) -> int:
+    seconds = window_seconds(frame_rate * max(1, sum(samples_per_frame)))
+    return max(1, math.floor(seconds * frame_rate + 1e-9))
 
 
 def _blocks(samples_per_frame: Sequence[int]) -> list[list[int]]:
@@ -162,21 +183,23 @@ def _event_metadata(recording: Recording) -> list[dict[str, Any]]:
 
 class _BlockEncoder:
     """Encodes one block's windows in order. The full predictor search runs on the
-    first window of every :data:`SEARCH_EVERY`; the windows between keep its
+    first window of every ``search_every`` (:data:`SEARCH_SECONDS` of recording);
+    the windows between keep its
     predictors' shape and refit their coefficients (``codec.encode_block(like=)``),
     about twenty times faster and, on real ECG, within a fraction of a percent of
     the size. A window whose refit codes more than :data:`SEARCH_AGAIN_ABOVE`
     times the bytes a sample of the last searched window is searched afresh, so
     a change in the signal (an electrode off, an artefact) costs nothing lasting."""
 
-    def __init__(self) -> None:
+    def __init__(self, search_every: int) -> None:
+        self._search_every = max(1, search_every)
         self._shape: codec.SegmentInfo | None = None
         self._searched_cost = 0.0
         self._count = 0
 
     def encode(self, rows: NDArray[Any]) -> bytes:
         size = max(rows.size, 1)
-        if self._shape is not None and self._count % SEARCH_EVERY:
+        if self._shape is not None and self._count % self._search_every:
             blob = codec.encode_block(rows, like=self._shape)
             if len(blob) / size <= self._searched_cost * SEARCH_AGAIN_ABOVE:
                 self._count += 1
@@ -209,7 +232,8 @@ def _encoded_windows(recording: Recording, blocks: list[list[int]], window: int
                      ) -> list[tuple[int, int, list[bytes]]]:
     """``(first frame, end frame, one blob per block)`` for every window."""
     out = []
-    encoders = [_BlockEncoder() for _ in blocks]
+    search_every = round(SEARCH_SECONDS * recording.sampling_rate / window)
+    encoders = [_BlockEncoder(search_every) for _ in blocks]
     for first in range(0, recording.frames, window):
         end = min(first + window, recording.frames)
         blobs = []
@@ -270,7 +294,7 @@ def write_recording(conn: Any, recording: Recording, *, organization_id: uuid.UU
         recording_date = recording.start or dt.datetime.now(dt.UTC)
     origin = _as_utc(recording_date)
     frame_rate = float(recording.sampling_rate)
-    window = _window_frames(frame_rate)
+    window = _window_frames(frame_rate, [c.samples_per_frame for c in recording.channels])
     blocks = _blocks([c.samples_per_frame for c in recording.channels])
     windows = _encoded_windows(recording, blocks, window)
     stored = {
