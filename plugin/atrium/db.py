@@ -18,11 +18,12 @@ import time
 import weakref
 from typing import Any
 
-from psycopg_pool import ConnectionPool
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TRUSTED_IDLE_SECONDS", "open_pool"]
+__all__ = ["TRUSTED_IDLE_SECONDS", "open_pool", "unreachable"]
 
 TRUSTED_IDLE_SECONDS = 2.0
 
@@ -61,3 +62,11 @@ def open_pool(database_url: str, *, max_size: int = 10, timeout: float = 5.0,
     )
     pool.open(wait=False)
     return pool
+
+
+def unreachable(error: BaseException) -> bool:
+    """Whether ``error`` says PostgreSQL cannot serve right now — shut down or
+    restarting (``AdminShutdown``), the connection lost, no connection free within
+    the pool's timeout — rather than that the request or the code is wrong: the
+    caller answers 503 and the client retries."""
+    return isinstance(error, psycopg.OperationalError | PoolTimeout)

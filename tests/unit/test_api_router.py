@@ -11,9 +11,11 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg_pool import PoolTimeout
 
 from atrium.api.http import (
     AUTHENTICATED,
@@ -123,6 +125,25 @@ def test_a_bug_is_a_500_problem_without_details(router: Router,
     assert status == 500
     assert "secret" not in json.dumps(problem)
     assert "secret" in caplog.text  # the log has the traceback
+
+
+@pytest.mark.parametrize("failure", [
+    psycopg.errors.AdminShutdown("terminating connection due to administrator command"),
+    psycopg.OperationalError("connection to server at 127.0.0.1 failed"),
+    PoolTimeout("couldn't get a connection after 5.00 sec"),
+], ids=["shutdown", "connection-lost", "pool-exhausted"])
+def test_an_unreachable_database_is_a_503_to_retry_not_a_500(
+        failure: Exception, caplog: pytest.LogCaptureFixture) -> None:
+    def down(request: Request) -> Response:
+        raise failure
+
+    response = Router([Route("GET", "/api/down", down, auth=PUBLIC)]).handle(
+        Request("GET", "/api/down"))
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+    problem = json.loads(response.body)
+    assert problem["status"] == 503 and "retry" in problem["detail"]
+    assert "Traceback" not in caplog.text
 
 
 def test_the_guard_runs_before_validation_and_may_set_the_caller() -> None:

@@ -8,12 +8,15 @@ import stat
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg import sql
+from psycopg_pool import PoolTimeout
 
+from atrium.api.http import Request, Response
 from atrium.auth.internal import INTERNAL_HEADER, internal_secret, is_internal_call
 from atrium.auth.request_filter import OrthancScope, RouteKind, orthanc_scope, route_kind
-from atrium.dicomweb.gateway import _multipart_body, _multipart_parts
+from atrium.dicomweb.gateway import DicomWebGateway, _multipart_body, _multipart_parts
 from atrium.dicomweb.qido import parse_study_query, split_uids, wildcard_to_like
 from atrium.errors import BadRequest, UnsupportedMediaType
 from tests.support.dicomgen import StudySpec, make_study
@@ -130,3 +133,20 @@ def test_stow_parts_are_split_and_rebuilt_without_the_refused_ones() -> None:
 def test_orthanc_routes_by_what_they_reach(uri: str, scope: OrthancScope,
                                            level: str | None) -> None:
     assert orthanc_scope(uri)[:2] == (scope, level)
+
+
+def test_an_unreachable_database_is_a_503_to_retry_from_the_gateway(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class DownGuard:
+        def caller(self, authorization: str | None) -> None:
+            raise psycopg.errors.AdminShutdown("terminating connection")
+
+    def connect() -> None:
+        raise PoolTimeout("couldn't get a connection after 5.00 sec")
+
+    gateway = DicomWebGateway(DownGuard(), connect, forward=None,  # type: ignore[arg-type]
+                              public_root="/dicom-web", plugin_root="/dicom-web-plugin")
+    answer = gateway.handle(Request("GET", "/studies", headers={"authorization": "Bearer x"}))
+    assert isinstance(answer, Response) and answer.status == 503
+    assert answer.headers["Retry-After"] == "5"
+    assert "Traceback" not in caplog.text

@@ -61,7 +61,8 @@ from atrium.api.params import (
 )
 from atrium.api.schema import Schema, compile_schema
 from atrium.auth.principal import KNOWN_ROLES
-from atrium.errors import ApiError, MethodNotAllowed, NotFound
+from atrium.db import unreachable
+from atrium.errors import ApiError, MethodNotAllowed, NotFound, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +219,16 @@ def no_content(headers: Mapping[str, str] | None = None) -> Response:
     return Response(204, b"", JSON, dict(headers or {}))
 
 
+RETRY_AFTER_SECONDS = 5
+"""What a 503 asks the client to wait: about what a PostgreSQL restart takes."""
+
+
 def problem_response(error: ApiError) -> Response:
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
     if isinstance(error, MethodNotAllowed):
         headers["Allow"] = ", ".join(error.allowed)
+    if error.status == 503:
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     body = json.dumps(error.problem()).encode()
     return Response(error.status, body, "application/problem+json", headers)
 
@@ -426,7 +433,12 @@ class Router:
             return self._dispatch(request)
         except ApiError as error:
             return problem_response(error)
-        except Exception:
+        except Exception as error:
+            if unreachable(error):
+                log.warning("api.database_unreachable method=%s path=%s error=%s",
+                            request.method, request.path, type(error).__name__)
+                return problem_response(ServiceUnavailable(
+                    "The database cannot be reached right now; retry in a few seconds."))
             log.exception("api.unhandled method=%s path=%s", request.method, request.path)
             return problem_response(ApiError("The server could not complete the request."))
 

@@ -22,6 +22,7 @@ from typing import Any
 from atrium.api.http import REQUEST_TIMINGS, Request, Response, Router, problem_response
 from atrium.auth.audit import AuditEvent, record
 from atrium.auth.guard import Caller, current_caller
+from atrium.db import unreachable
 from atrium.errors import ApiError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,13 @@ def _written(connect: Callable[[], Any], event: AuditEvent) -> bool:
     try:
         with connect() as conn:
             record(conn, event)
-    except Exception:  # noqa: BLE001 - the caller decides what the failure means
-        log.exception("audit.unwritten action=%s status=%s", event.action,
-                      event.details.get("status"))
+    except Exception as error:  # noqa: BLE001 - the caller decides what the failure means
+        if unreachable(error):  # an outage, not a bug: one line, no traceback
+            log.error("audit.unwritten action=%s status=%s error=%s", event.action,
+                      event.details.get("status"), type(error).__name__)
+        else:
+            log.exception("audit.unwritten action=%s status=%s", event.action,
+                          event.details.get("status"))
         return False
     return True
 

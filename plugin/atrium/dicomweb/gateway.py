@@ -37,6 +37,7 @@ from atrium.assignments import claim_study
 from atrium.auth.guard import AuthGuard, Caller
 from atrium.auth.principal import Permission
 from atrium.auth.request_audit import audit_event, recorded_or_withheld
+from atrium.db import unreachable
 from atrium.dicom.scan import DEFAULT_LIMITS, DicomLimits, UnsafeDicom, scan
 from atrium.dicomweb.forward import Forwarded, PluginForwarder, Upstream
 from atrium.dicomweb.multipart_stream import (
@@ -201,9 +202,15 @@ class DicomWebGateway:
             answer = self._serve(caller, request)
         except ApiError as error:
             answer = _Answer(problem_response(error))
-        except Exception:
-            log.exception("dicomweb.unhandled method=%s", request.method)
-            answer = _Answer(problem_response(ApiError("The DICOMweb request failed.")))
+        except Exception as error:
+            if unreachable(error):
+                log.warning("dicomweb.database_unreachable method=%s error=%s",
+                            request.method, type(error).__name__)
+                answer = _Answer(problem_response(ServiceUnavailable(
+                    "The database cannot be reached right now; retry in a few seconds.")))
+            else:
+                log.exception("dicomweb.unhandled method=%s", request.method)
+                answer = _Answer(problem_response(ApiError("The DICOMweb request failed.")))
         event = audit_event(
             action=f"{request.method} dicom-web", caller=caller,
             status=answer.response.status, client_ip=request.client_ip,
