@@ -10,6 +10,7 @@ import io
 import uuid
 from typing import Any
 
+import psycopg
 import pydicom
 import pytest
 import requests
@@ -178,3 +179,23 @@ def test_a_modality_finds_what_the_series_rule_found(atrium: AtriumUnderTest,
             _BEFORE, {"phi": role == "clinician", "modality": modality})}
         assert _found(atrium, role, modality=modality) == before
     _no_drift(atrium)
+
+
+@pytest.mark.parametrize(("index", "researcher"), [
+    ("idx_studies_org_created", False), ("idx_studies_org_created_deidentified", True)])
+def test_a_searchs_walk_filters_on_its_index_alone(atrium: AtriumUnderTest, index: str,
+                                                   researcher: bool) -> None:
+    """sql/0025: the walk newest first tests words, modality, dates and flags on the
+    index entries (an index-only scan), not on the table's wide rows."""
+    with psycopg.connect(atrium.database_url) as conn, conn.transaction():
+        for method in ("bitmapscan", "seqscan", "sort"):  # the walk, whatever the counts
+            conn.execute(f"SET LOCAL enable_{method} = off")
+        plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN SELECT s.id FROM studies s WHERE s.organization_id = %s "
+            "AND s.deleted_at IS NULL AND NOT s.patient_deleted"
+            + (" AND s.deidentified" if researcher else "")
+            + " AND s.modalities @> ARRAY['MR']::text[] "
+            "AND s.description_tsv @@ websearch_to_tsquery('english', 'brain') "
+            "AND s.study_date >= '2019-01-01' ORDER BY s.created_at DESC, s.id DESC LIMIT 51",
+            (uuid.uuid4(),)))
+    assert f"Index Only Scan using {index} on studies" in plan, plan
