@@ -20,6 +20,7 @@ from atrium.annotations.importer import SrImporter
 from atrium.api import (
     annotation_reports,
     audit,
+    audit_export,
     health,
     instances,
     jobs,
@@ -39,6 +40,7 @@ from atrium.api import (
     users,
 )
 from atrium.api import annotations as annotation_routes  # not `annotations`: __future__
+from atrium.api import metrics as metrics_routes  # not `metrics`: Atrium.metrics
 from atrium.api.http import Router
 from atrium.api.scope import SourceOrganizations
 from atrium.auth.guard import AuthGuard, Identities
@@ -55,6 +57,7 @@ from atrium.dicomweb.forward import PluginForwarder
 from atrium.dicomweb.gateway import DicomWebGateway
 from atrium.errors import NotFound, ServiceUnavailable
 from atrium.jobs import INTERRUPTED_ADVICE, Runner, recover_orphans
+from atrium.metrics import Metrics, StateCollector
 from atrium.migrations import apply_migrations
 from atrium.mirror.backfill import backfill, needs_backfill
 from atrium.mirror.orthanc_index import OrthancIndex
@@ -62,6 +65,10 @@ from atrium.mirror.quarantine import InstanceGuard, ParseMemory, Quarantine
 from atrium.mirror.sync import Mirror, MirrorWorker
 from atrium.mirror.verify import compare, repair
 from atrium.mirror.writer import MirrorWriter
+from atrium.operations import wiring as operations
+from atrium.operations.partitions import upkeep
+from atrium.operations.retention import RunReport
+from atrium.operations.scheduled import ScheduledTask
 from atrium.orthanc_api import HttpOrthancApi, OrthancApi, OrthancError
 from atrium.settings import PUBLIC_DICOMWEB_ROOT, Settings
 from atrium.signals.waveform_registry import WaveformRegistry
@@ -240,13 +247,47 @@ def grant_runtime_role(settings: Settings, pool: Any) -> None:
 
 
 def maintain(owner_url: str) -> None:
-    """Partitions ahead, expired audit months and old jobs (``atrium_maintain()``);
-    as the schema's owner, who alone may create and drop partitions."""
-    with psycopg.connect(owner_url, autocommit=True, connect_timeout=10) as conn:
-        row = conn.execute("SELECT atrium_maintain()").fetchone()
-    done = row[0] if row else {}
-    if any(done.values()):
-        log.info("maintenance %s", done)
+    """Monthly partitions ahead for every partitioned table, as the schema's owner,
+    who alone may create them, under the maintenance lock (atrium.operations).
+    Retention runs on its own schedule (:func:`operations_tasks`)."""
+    upkeep(owner_url)
+
+
+def retention_metrics(metrics: Metrics) -> Callable[[RunReport], None]:
+    """Counts one retention run per kind of data in ``metrics``."""
+
+    def record(report: RunReport) -> None:
+        plan = report.plan
+        metrics.record_retention_run("audit", plan.audit_rows if report.audit_partitions_dropped
+                                     else 0)
+        metrics.record_retention_run("predictions", report.predictions_archived)
+        metrics.record_retention_run("jobs", report.jobs_deleted)
+        metrics.record_retention_run(
+            "deleted", sum(len(ids) for ids in report.deleted_purged.values()))
+
+    return record
+
+
+def operations_tasks(app: Atrium, ready: Callable[[], bool]
+                     ) -> tuple[ScheduledTask, ScheduledTask | None]:
+    """Partition upkeep and retention every ``maintenance_seconds``; a checkpoint of
+    the audit chain every ``audit_anchor_seconds`` (unless 0) and at shutdown."""
+    settings = app.settings
+    anchorer = operations.anchorer(settings, app.pool.connection)
+    upkeep_task = ScheduledTask(
+        "upkeep", operations.maintenance(settings, app.store, anchorer,
+                                         retention_metrics(app.metrics)),
+        every_seconds=settings.maintenance_seconds, ready=ready)
+    if not settings.audit_anchor_seconds:
+        return upkeep_task, None
+
+    def anchor() -> None:
+        anchorer.publish_public_key()
+        anchorer.anchor()
+
+    return upkeep_task, ScheduledTask("audit-anchor", anchor,
+                                      every_seconds=settings.audit_anchor_seconds,
+                                      ready=ready, at_stop=anchorer.anchor)
 
 
 @dataclass
@@ -276,6 +317,10 @@ class Atrium:
     dicom: DicomNetwork | None = None  # C-FIND/C-MOVE scoped per organization; C-GET refused
     # What a DICOM file may hold before any parser sees it (atrium.dicom.scan).
     dicom_limits: DicomLimits = DEFAULT_LIMITS
+    # Prometheus metrics in a registry of this application's own (GET /api/metrics).
+    metrics: Metrics = field(default_factory=Metrics)
+    upkeep: ScheduledTask | None = None  # partitions ahead and retention (atrium.operations)
+    audit_anchor: ScheduledTask | None = None  # signed checkpoints of the audit chain
 
     @classmethod
     def build(cls, settings: Settings, orthanc: OrthancApi) -> Atrium:
@@ -339,6 +384,7 @@ class Atrium:
                   reader, deidentifier, upload_store, identities)
         app.slides = SlideLibrary(store, open_dicom=dicom_slides(pool, reader))
         app.router = Router([*health.routes(app), *mirror_status.routes(app),
+                             *metrics_routes.routes(app),
                              *openapi.routes(app), *me.routes(app),
                              *organizations.routes(app),
                              *users.routes(app),
@@ -347,6 +393,7 @@ class Atrium:
                              *jobs.routes(app),
                              *instances.routes(app),
                              *audit.routes(app),
+                             *audit_export.routes(app),
                              *models.routes(app),
                              *predictions.routes(app),
                              *annotation_routes.routes(app),
@@ -355,8 +402,13 @@ class Atrium:
                              *uploads.routes(app),
                              *slides.routes(app),
                              *recordings.routes(app),
-                             *slide_viewer.routes(app)], guard=guard)
-        app.api = AuditedApi(app.router, pool.connection)
+                             *slide_viewer.routes(app)],
+                            guard=metrics_routes.scrape_token_guard(guard, settings.metrics_token))
+        app.api = AuditedApi(app.router, pool.connection, observe=app.metrics.observe_request)
+        app.metrics.watch(StateCollector(
+            pool.connection, lambda: int(orthanc.get_json("/changes?last").get("Last", 0)),
+            worker))
+        app.upkeep, app.audit_anchor = operations_tasks(app, lambda: worker.prepared)
         app.dicom = dicom_network(settings, pool)
         app.dicom_limits = dicom_limits(settings)
         app.sr_importer = SrImporter(
@@ -376,6 +428,9 @@ class Atrium:
 
     def start(self) -> None:
         self.worker.start()
+        for task in (self.upkeep, self.audit_anchor):
+            if task is not None:
+                task.start()
         if self.dicom is not None:
             self.dicom.start()
         if self.sr_importer is not None:
@@ -396,5 +451,8 @@ class Atrium:
             self.ann_importer.stop()
         if self.waveform_registry is not None:
             self.waveform_registry.stop()
+        for task in (self.upkeep, self.audit_anchor):
+            if task is not None:
+                task.stop()  # the anchor's last checkpoint, at shutdown
         self.worker.stop()
         self.pool.close()

@@ -5,6 +5,7 @@ running Atrium: ``migrate``, ``verify`` (exit 1 when the mirror differs from
 Orthanc), ``reconcile``, ``backfill``, ``status``. ``token`` prints a token signed
 by the local dev issuer (when no ``ATRIUM_OIDC_ISSUER`` is configured).
 ``audit verify`` checks the audit log's hash chain (exit 1 naming the first broken row).
+``backup`` and ``restore``: backups with point-in-time recovery (docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
@@ -60,15 +61,23 @@ def cmd_migrate(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
-    """``audit verify``: exit 0 when the hash chain is intact, 1 naming the first broken row."""
-    import psycopg
+    """``audit verify``: exit 0 when the hash chain is intact and matches every signed
+    checkpoint, 1 naming the first broken row or checkpoint; ``audit anchor``."""
+    from atrium.operations.command import audit_command
 
-    from atrium.auth.audit import verify_chain
+    return audit_command(settings, args)
 
-    with psycopg.connect(settings.database_url, autocommit=True, connect_timeout=10) as conn:
-        result = verify_chain(conn)
-    print(result.describe())
-    return 0 if result.ok else 1
+
+def cmd_maintain(settings: Settings, args: argparse.Namespace) -> int:
+    from atrium.operations.command import maintain_command
+
+    return maintain_command(settings, args)
+
+
+def cmd_retention(settings: Settings, args: argparse.Namespace) -> int:
+    from atrium.operations.command import retention_command
+
+    return retention_command(settings, args)
 
 
 def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
@@ -165,6 +174,19 @@ def _token_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--email", help="the user's e-mail address (optional)")
 
 
+def cmd_backup(settings: Settings, args: argparse.Namespace) -> int:
+    """Backups with point-in-time recovery (:mod:`atrium.backup.command`)."""
+    from atrium.backup.command import backup_command
+
+    return backup_command(settings, args)
+
+
+def cmd_restore(settings: Settings, args: argparse.Namespace) -> int:
+    from atrium.backup.command import restore_command
+
+    return restore_command(settings, args)
+
+
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """What ``make run`` runs (:mod:`atrium.runner`)."""
     from atrium.runner import run
@@ -175,12 +197,18 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": (cmd_run, "start PostgreSQL and Orthanc with Atrium in the foreground"),
     "migrate": (cmd_migrate, "apply pending database migrations"),
-    "audit": (cmd_audit, "audit log: `audit verify` checks its hash chain"),
+    "audit": (cmd_audit, "audit log: `audit verify` checks its hash chain and checkpoints; "
+                         "`audit anchor` writes a checkpoint"),
+    "maintain": (cmd_maintain, "create the monthly partitions ahead"),
+    "retention": (cmd_retention, "remove expired data (--dry-run lists it); "
+                                 "`retention restore --month YYYY-MM`"),
     "verify": (cmd_verify, "list every difference between Orthanc and the mirror"),
     "reconcile": (cmd_reconcile, "repair every difference between Orthanc and the mirror"),
     "backfill": (cmd_backfill, "mirror everything Orthanc holds, as a job with progress"),
     "status": (cmd_status, "print the mirror's status"),
     "token": (cmd_token, "print a token signed by the local dev issuer"),
+    "backup": (cmd_backup, "base backup + WAL archive on the schedule; `backup setup|list|prune`"),
+    "restore": (cmd_restore, "prepare a fresh data directory recovering to --to TIMESTAMP"),
 }
 
 
@@ -192,13 +220,21 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text)
-        if name == "audit":
-            command.add_argument("audit_command", choices=["verify"])
+        if name in ("audit", "retention"):
+            from atrium.operations import command as operations_cli
+
+            (operations_cli.add_audit_arguments if name == "audit"
+             else operations_cli.add_retention_arguments)(command)
         if name == "backfill":
             command.add_argument("--workers", type=int, default=4,
                                  help="parallel reads from Orthanc (default 4)")
         if name == "token":
             _token_arguments(command)
+        if name in ("backup", "restore"):
+            from atrium.backup import command as backup_cli
+
+            (backup_cli.add_backup_arguments if name == "backup"
+             else backup_cli.add_restore_arguments)(command)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -210,6 +210,116 @@ class LocalCluster:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
                 sql.Identifier(name)))
 
+    # -- backups and replication (docs/OPERATIONS.md) ------------------------------------
+    BACKUP_CONF = "atrium-backup.conf"
+
+    @property
+    def server_owner(self) -> tuple[int, int] | None:
+        """(uid, gid) of the server's system user when it is not us."""
+        if not self._as_other_user:
+            return None
+        entry = pwd.getpwnam(self._as_other_user)
+        return entry.pw_uid, entry.pw_gid
+
+    def configure(self, settings: Mapping[str, str]) -> None:
+        """Make ``settings`` the cluster's backup settings: a file of their own,
+        included once by ``postgresql.conf`` and rewritten whole by each call. A
+        changed ``archive_mode`` takes effect at the next start (:meth:`restart`)."""
+        conf = self.pgdata / "postgresql.conf"
+        include = f"include_if_exists = '{self.BACKUP_CONF}'"
+        if include not in conf.read_text():
+            with conf.open("a") as out:
+                out.write(f"\n# backups and replication: atrium backup setup\n{include}\n")
+        lines = [f"{key} = '{value.replace(chr(39), chr(39) * 2)}'"
+                 for key, value in settings.items()]
+        target = self.pgdata / self.BACKUP_CONF
+        target.write_text("# written by Atrium (atrium backup setup); edits are replaced\n"
+                          + "\n".join(lines) + "\n")
+        target.chmod(0o600)
+        if self.server_owner:
+            os.chown(target, *self.server_owner)
+
+    def restart(self, timeout: float = 60) -> None:
+        self.stop()
+        wait_until(lambda: not (self.pgdata / "postmaster.pid").exists(), timeout,
+                   what="PostgreSQL to stop")
+        self.start(timeout)
+
+    def in_recovery(self) -> bool:
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        return bool(row and row[0])
+
+    def wait_promoted(self, timeout: float = 60) -> None:
+        """Until recovery has ended and the server accepts writes."""
+        wait_until(lambda: not self.in_recovery(), timeout,
+                   what=f"PostgreSQL on port {self.port} to leave recovery")
+
+    def create_standby(self, data_dir: Path, port: int, *, synchronous: bool = False
+                       ) -> LocalCluster:
+        """A streaming-replication standby of this (running) cluster in
+        ``<data_dir>/postgres``, started: ``pg_basebackup -R`` on loopback.
+
+        With ``synchronous``, this cluster waits for the standby to have flushed each
+        commit before reporting it (``synchronous_standby_names``): a commit the
+        client saw survives the loss of this server. Without, the standby may lag
+        by what was in flight.
+        """
+        standby = LocalCluster(data_dir, port=port)
+        standby.data_dir.mkdir(parents=True, exist_ok=True)
+        standby.data_dir.chmod(0o755)
+        for source, target in ((self.password_file, standby.password_file),
+                               (self.app_password_file, standby.app_password_file)):
+            if source.exists():
+                shutil.copyfile(source, target)
+                target.chmod(0o600)
+        if standby.initialized():
+            raise StartupError(f"{standby.pgdata} already holds a cluster")
+        standby.pgdata.mkdir(parents=True, exist_ok=True)
+        standby.pgdata.chmod(0o700)
+        if self.server_owner:
+            os.chown(standby.pgdata, *self.server_owner)
+        name = f"standby_{port}"
+        conninfo = (f"host=127.0.0.1 port={self.port} user={self.user} "
+                    f"application_name={name}")
+        env = {**os.environ, "PGPASSWORD": self.password()}
+        args = [_postgres_bin("pg_basebackup"), "-d", conninfo, "-D", str(standby.pgdata),
+                "-R", "-X", "stream", "-c", "fast", "--no-password"]
+        if self.server_owner:
+            args = ["runuser", "-u", "postgres", "--", *args]
+        subprocess.run(args, check=True, capture_output=True, text=True, env=env)
+        standby.start()
+        if synchronous:
+            import psycopg
+
+            with psycopg.connect(self.url("postgres"), autocommit=True) as conn:
+                conn.execute(f"ALTER SYSTEM SET synchronous_standby_names = '{name}'")
+                conn.execute("SELECT pg_reload_conf()")
+        return standby
+
+    def promote(self, timeout: float = 60) -> None:
+        """End this standby's recovery: it becomes a primary on a new timeline."""
+        self._run([_postgres_bin("pg_ctl"), "-D", str(self.pgdata), "-w", "-t",
+                   str(int(timeout)), "promote"])
+        self.wait_promoted(timeout)
+
+    def replay_lag_bytes(self) -> int | None:
+        """How far this standby's replay trails what it received; None on a primary."""
+        import psycopg
+
+        with psycopg.connect(self.url("postgres"), autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())"
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+
+def postgres_tool(tool: str) -> str:
+    """The path of a PostgreSQL program (``pg_basebackup``, ``pg_verifybackup``...)."""
+    return _postgres_bin(tool)
+
 
 def orthanc_index_section(url: str) -> dict[str, Any]:
     """Orthanc's ``PostgreSQL`` section keeping its index at the libpq ``url``.

@@ -53,6 +53,21 @@ _CONFIG_KEYS: dict[str, str] = {
     "ATRIUM_UPLOAD_MAX_REQUEST_BYTES": "UploadMaxRequestBytes",
     "ATRIUM_UPLOAD_MAX_BYTES": "UploadMaxBytes",
     "ATRIUM_UPLOAD_EXPIRY_HOURS": "UploadExpiryHours",
+    "ATRIUM_METRICS_TOKEN": "MetricsToken",
+    "ATRIUM_MAINTENANCE_SECONDS": "MaintenanceSeconds",
+    "ATRIUM_AUDIT_ANCHOR_SECONDS": "AuditAnchorSeconds",
+    "ATRIUM_AUDIT_ANCHOR_KEY": "AuditAnchorKey",
+    "ATRIUM_AUDIT_ANCHOR_URL": "AuditAnchorUrl",
+    "ATRIUM_RETENTION_AUTOMATIC": "RetentionAutomatic",
+    "ATRIUM_RETENTION_AUDIT_DAYS": "RetentionAuditDays",
+    "ATRIUM_RETENTION_PREDICTIONS_DAYS": "RetentionPredictionsDays",
+    "ATRIUM_RETENTION_JOBS_DAYS": "RetentionJobsDays",
+    "ATRIUM_RETENTION_DELETED_DAYS": "RetentionDeletedDays",
+    "ATRIUM_BACKUP_URL": "BackupUrl",
+    "ATRIUM_BACKUP_FULL_AT": "BackupFullAt",
+    "ATRIUM_BACKUP_INCREMENTAL_HOURS": "BackupIncrementalHours",
+    "ATRIUM_BACKUP_RETENTION_DAYS": "BackupRetentionDays",
+    "ATRIUM_BACKUP_ARCHIVE_TIMEOUT_SECONDS": "BackupArchiveTimeoutSeconds",
 }
 
 # Orthanc's own listeners live at the top level of its configuration.
@@ -100,6 +115,20 @@ class Settings:
     # after its last chunk (docs/API.md, "Uploads").
     upload_max_bytes: int = 64 * _GiB
     upload_expiry_hours: int = 24
+    # Operations (docs/RETENTION.md, docs/AUDIT.md "Anchoring"): partition upkeep and
+    # automatic retention every maintenance_seconds; a signed checkpoint of the audit
+    # chain every audit_anchor_seconds (0: never) and at shutdown, with the Ed25519 key
+    # in audit_anchor_key (None: <data_dir>/keys/audit-anchor-ed25519.pem), into
+    # audit_anchor_url (None: the storage URL) under audit-anchors/.
+    maintenance_seconds: float = 3600.0
+    audit_anchor_seconds: float = 300.0
+    audit_anchor_key: Path | None = None
+    audit_anchor_url: str | None = None
+    retention_automatic: bool = True
+    retention_audit_days: int = 7 * 365
+    retention_predictions_days: int = 5 * 365
+    retention_jobs_days: int = 90
+    retention_deleted_days: int = 30
     dicomweb_plugin_root: str = "/atrium-dicomweb-plugin/"
     # Migrations and partition upkeep need the schema's owner; everything else runs
     # as ``database_url``'s role, which cannot change audit rows. None: the same.
@@ -109,6 +138,18 @@ class Settings:
     orthanc_database_url: str | None = None
     # No database URL was configured: ``atrium run`` keeps a cluster in data_dir.
     private_cluster: bool = False
+    # A secret a scraper may send as its bearer token, for GET /api/metrics only
+    # (docs/METRICS.md); None: administrators' tokens only.
+    metrics_token: str | None = None
+    # Backups (docs/OPERATIONS.md): where base backups, the WAL archive and Orthanc's
+    # files go (None: file://<data_dir>/backups), the full backup's time of day
+    # ("HH:MM", local time), hours between incremental runs, days recovery reaches
+    # back, and how long a quiet server may hold a WAL segment before archiving it.
+    backup_url: str | None = None
+    backup_full_at: str = "02:00"
+    backup_incremental_hours: int = 6
+    backup_retention_days: int = 30
+    backup_archive_timeout_seconds: int = 300
 
     @property
     def owner_url(self) -> str:
@@ -212,6 +253,16 @@ def _check_libpq_url(name: str, url: str) -> None:
                             "(postgresql://user:password@host:port/database)")
 
 
+def _check_metrics_token(token: str | None) -> str | None:
+    if token is None:
+        return None
+    if len(token) < 32 or not all(33 <= ord(c) <= 126 for c in token):
+        # The value is not echoed: it is a secret.
+        raise SettingsError("ATRIUM_METRICS_TOKEN must be at least 32 printable ASCII "
+                            "characters without spaces (e.g. openssl rand -hex 32)")
+    return token
+
+
 def default_database_url(data_dir: Path) -> str:
     """The libpq URL of the private cluster that ``make run`` keeps under ``data_dir``."""
     from atrium.devenv import LocalCluster  # local import: devenv is not needed in production
@@ -250,6 +301,64 @@ def dicomweb_plugin_root(orthanc_config: Mapping[str, Any]) -> str:
             f"DicomWeb.Root is {root!r}: it must be a private path such as "
             f"'/atrium-dicomweb-plugin/' (Atrium serves {PUBLIC_DICOMWEB_ROOT} itself)")
     return root
+
+
+def _operations_settings(raw: Any, data_dir: Path, s3_endpoint: str | None) -> dict[str, Any]:
+    """The settings of partition upkeep, retention and audit anchoring."""
+    anchor_url = raw("ATRIUM_AUDIT_ANCHOR_URL")
+    if anchor_url:
+        try:
+            _check_storage_url(anchor_url, s3_endpoint)
+        except SettingsError as error:
+            raise SettingsError(str(error).replace("ATRIUM_STORAGE_URL",
+                                                   "ATRIUM_AUDIT_ANCHOR_URL")) from None
+    anchor_key = raw("ATRIUM_AUDIT_ANCHOR_KEY")
+    days = {name: _parse_int(f"ATRIUM_RETENTION_{name}_DAYS",
+                             raw(f"ATRIUM_RETENTION_{name}_DAYS") or str(default), 1, 100 * 366)
+            for name, default in (("AUDIT", 7 * 365), ("PREDICTIONS", 5 * 365), ("JOBS", 90),
+                                  ("DELETED", 30))}
+    return {
+        "maintenance_seconds": _parse_float(
+            "ATRIUM_MAINTENANCE_SECONDS", raw("ATRIUM_MAINTENANCE_SECONDS") or "3600", 1, 86400),
+        "audit_anchor_seconds": _parse_float(
+            "ATRIUM_AUDIT_ANCHOR_SECONDS", raw("ATRIUM_AUDIT_ANCHOR_SECONDS") or "300", 0, 86400),
+        "audit_anchor_key": (data_dir / anchor_key) if anchor_key else None,
+        "audit_anchor_url": anchor_url,
+        "retention_automatic": _parse_bool("ATRIUM_RETENTION_AUTOMATIC",
+                                           raw("ATRIUM_RETENTION_AUTOMATIC") or "true"),
+        "retention_audit_days": days["AUDIT"],
+        "retention_predictions_days": days["PREDICTIONS"],
+        "retention_jobs_days": days["JOBS"],
+        "retention_deleted_days": days["DELETED"],
+    }
+
+
+_HHMM_RE = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _backup_settings(raw: Any, s3_endpoint: str | None) -> dict[str, Any]:
+    url = raw("ATRIUM_BACKUP_URL")
+    if url:
+        try:
+            _check_storage_url(url, s3_endpoint)
+        except SettingsError as error:
+            raise SettingsError(str(error).replace("ATRIUM_STORAGE_URL",
+                                                   "ATRIUM_BACKUP_URL")) from None
+    full_at = raw("ATRIUM_BACKUP_FULL_AT") or "02:00"
+    if not _HHMM_RE.match(full_at):
+        raise SettingsError(f"ATRIUM_BACKUP_FULL_AT must be a time of day HH:MM, got {full_at!r}")
+    return {
+        "backup_url": url,
+        "backup_full_at": full_at,
+        "backup_incremental_hours": _parse_int(
+            "ATRIUM_BACKUP_INCREMENTAL_HOURS", raw("ATRIUM_BACKUP_INCREMENTAL_HOURS") or "6",
+            1, 24),
+        "backup_retention_days": _parse_int(
+            "ATRIUM_BACKUP_RETENTION_DAYS", raw("ATRIUM_BACKUP_RETENTION_DAYS") or "30", 1, 3650),
+        "backup_archive_timeout_seconds": _parse_int(
+            "ATRIUM_BACKUP_ARCHIVE_TIMEOUT_SECONDS",
+            raw("ATRIUM_BACKUP_ARCHIVE_TIMEOUT_SECONDS") or "300", 10, 86400),
+    }
 
 
 def load_settings(
@@ -388,8 +497,11 @@ def load_settings(
             _MiB, 5 * 1024 * _GiB),
         upload_expiry_hours=_parse_int(
             "ATRIUM_UPLOAD_EXPIRY_HOURS", raw("ATRIUM_UPLOAD_EXPIRY_HOURS") or "24", 1, 24 * 365),
+        **_operations_settings(raw, data_dir, s3_endpoint),
+        **_backup_settings(raw, s3_endpoint),
         dicomweb_plugin_root=dicomweb_plugin_root(config),
         database_owner_url=database_owner_url,
         orthanc_database_url=orthanc_database_url,
         private_cluster=private_cluster,
+        metrics_token=_check_metrics_token(raw("ATRIUM_METRICS_TOKEN")),
     )

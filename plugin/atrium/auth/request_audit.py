@@ -160,13 +160,21 @@ class CoalescedAudit:
         return _withheld_unless_recorded(written, event, response)
 
 
+RequestObserver = Callable[[str, str | None, int, float, bool], None]
+"""Told of each answered request: method, route template (None when no route
+matched), status, seconds, and whether a PHI answer was withheld
+(:meth:`atrium.metrics.Metrics.observe_request`)."""
+
+
 class AuditedApi:
     """Atrium's API: the router, with every non-public request on record."""
 
-    def __init__(self, router: Router, connect: Callable[[], Any]) -> None:
+    def __init__(self, router: Router, connect: Callable[[], Any],
+                 observe: RequestObserver | None = None) -> None:
         self.router = router
         self._connect = connect
         self.coalesced = CoalescedAudit(connect)
+        self._observe = observe
 
     def handle(self, request: Request) -> Response:
         """The router's answer once its audit row is written, with a
@@ -175,13 +183,18 @@ class AuditedApi:
         spent: dict[str, float] = {}
         REQUEST_TIMINGS.set(spent)
         began = time.perf_counter()
-        response = self._audited(request)
-        spent["app"] = time.perf_counter() - began - spent.get("auth", 0.0) - spent.get(
-            "audit", 0.0)
+        response, route, withheld = self._audited(request)
+        elapsed = time.perf_counter() - began
+        spent["app"] = elapsed - spent.get("auth", 0.0) - spent.get("audit", 0.0)
+        if self._observe is not None:
+            self._observe(request.method, route.path.template if route else None,
+                          response.status, elapsed, withheld)
         timing = ", ".join(f"{part};dur={seconds * 1000:.2f}" for part, seconds in spent.items())
         return replace(response, headers={**response.headers, "Server-Timing": timing})
 
-    def _audited(self, request: Request) -> Response:
+    def _audited(self, request: Request) -> tuple[Response, Any, bool]:
+        """The answer, the route that matched (or None) and whether the answer was
+        withheld for want of its audit row."""
         current_caller.set(None)
         response = self.router.handle(request)
         try:
@@ -189,10 +202,11 @@ class AuditedApi:
         except ApiError:
             route, params = None, {}
         if route is not None and route.is_public:
-            return response
+            return response, route, False
         began = time.perf_counter()
         try:
-            return self._recorded(request, response, route, params)
+            recorded = self._recorded(request, response, route, params)
+            return recorded, route, recorded is not response
         finally:
             spent = REQUEST_TIMINGS.get()
             if spent is not None:
