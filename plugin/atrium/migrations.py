@@ -8,7 +8,8 @@ content has changed since is refused rather than silently skipped — a migratio
 is changed by adding a new one.
 
 Partitions ahead of time are not made here: migration 0004 creates the first
-year, and the running Atrium's upkeep (``atrium_maintain()``) keeps a year in hand.
+year, and the running Atrium's upkeep (:mod:`atrium.operations.partitions`) keeps a
+year in hand.
 """
 
 from __future__ import annotations
