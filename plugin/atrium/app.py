@@ -138,7 +138,7 @@ def dicom_network(settings: Settings, pool: Any) -> DicomNetwork:
 
 
 MIRROR_FETCH_WORKERS = 4
-SIGNAL_CACHE_BYTES = 128 * 1024 * 1024  # about 500 decoded 10 s, 12-lead, 500 Hz segments
+SIGNAL_CACHE_BYTES = 128 * 1024 * 1024  # about 1,400 decoded 4 s windows of a 12-lead 500 Hz ECG
 
 
 def build_mirror(settings: Settings, pool: Any, reader: HttpOrthancApi | None = None,
