@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import psycopg.sql
 import pytest
 import requests
 
@@ -176,3 +177,32 @@ def atrium_factory(workspace: Path, pg_cluster: LocalCluster
     yield factory
     for under_test in started:
         under_test.orthanc.kill()
+
+
+@pytest.fixture(scope="session")
+def migrated_template(pg_cluster: LocalCluster) -> Iterator[str]:
+    """A migrated database that :func:`db_url` copies: migrating anew costs
+    seconds a test."""
+    name = f"tmpl_{uuid.uuid4().hex[:12]}"
+    pg_cluster.ensure_database(name)
+    apply_migrations(pg_cluster.url(name))
+    yield name
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def db_url(pg_cluster: LocalCluster, migrated_template: str) -> Iterator[str]:
+    """A fresh migrated database of this test's own, without Orthanc."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
+        admin.execute(psycopg.sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+            psycopg.sql.Identifier(name), psycopg.sql.Identifier(migrated_template)))
+    yield pg_cluster.url(name)
+    pg_cluster.drop_database(name)
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """An autocommit connection to :func:`db_url`."""
+    with psycopg.connect(db_url, autocommit=True) as connection:
+        yield connection

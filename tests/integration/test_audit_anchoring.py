@@ -13,18 +13,16 @@ import subprocess
 import sys
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import requests
-from psycopg import sql
 
 from atrium.auth.audit import GENESIS_HASH, AuditEvent, record, verify_chain
-from atrium.devenv import REPO_ROOT, LocalCluster, wait_until
-from atrium.migrations import apply_migrations
+from atrium.devenv import REPO_ROOT, wait_until
 from atrium.operations.anchoring import Anchorer, list_names, load_or_create_key
 from atrium.operations.audit_verify import verify_audit
 from atrium.storage import FileObjectStore, open_store
@@ -36,106 +34,80 @@ pytestmark = pytest.mark.integration
 ORG = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 
 
-@pytest.fixture(scope="module")
-def migrated(pg_cluster: LocalCluster) -> Iterator[str]:
-    """A migrated database each test copies: migrating anew costs seconds a test."""
-    name = f"tmpl_{uuid.uuid4().hex[:12]}"
-    pg_cluster.ensure_database(name)
-    apply_migrations(pg_cluster.url(name))
-    yield name
-    pg_cluster.drop_database(name)
-
-
-@pytest.fixture
-def url(pg_cluster: LocalCluster, migrated: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(migrated)))
-    yield pg_cluster.url(name)
-    pg_cluster.drop_database(name)
-
-
-@pytest.fixture
-def conn(url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(url, autocommit=True) as connection:
-        yield connection
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> FileObjectStore:
     return FileObjectStore(tmp_path / "objects")
 
 
 @pytest.fixture
-def anchorer(url: str, store: FileObjectStore, tmp_path: Path) -> Anchorer:
+def anchorer(db_url: str, store: FileObjectStore, tmp_path: Path) -> Anchorer:
     key = load_or_create_key(tmp_path / "keys" / "anchor.pem")
-    return Anchorer(lambda: psycopg.connect(url, autocommit=True), store, key, node="test")
+    return Anchorer(lambda: psycopg.connect(db_url, autocommit=True), store, key, node="test")
 
 
-def write(conn: psycopg.Connection[Any], count: int) -> None:
+def write(db: psycopg.Connection[Any], count: int) -> None:
     for i in range(count):
-        record(conn, AuditEvent(f"event-{i}", organization_id=ORG, details={"i": i}))
+        record(db, AuditEvent(f"event-{i}", organization_id=ORG, details={"i": i}))
 
 
-def verdict(conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> Any:
-    return verify_audit(conn, store, anchorer.key.public_key())
+def verdict(db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> Any:
+    return verify_audit(db, store, anchorer.key.public_key())
 
 
-def behind_the_triggers(conn: psycopg.Connection[Any], *statements: str) -> None:
+def behind_the_triggers(db: psycopg.Connection[Any], *statements: str) -> None:
     """What the schema's owner can do: statements with every user trigger off."""
-    conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+    db.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
     try:
         for statement in statements:
-            conn.execute(statement)
+            db.execute(statement)
     finally:
-        conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
+        db.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
 
 
 # ------------------------------------------------------------------ checkpoints
 
 def test_a_checkpoint_records_the_chain_head_and_the_chain_matches_it(
-        conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
-    write(conn, 3)
+        db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
+    write(db, 3)
 
     checkpoint = anchorer.anchor()
 
     assert checkpoint is not None and checkpoint.seq == 3
-    head = conn.execute("SELECT encode(row_hash, 'hex') FROM audit_chain_head").fetchone()
+    head = db.execute("SELECT encode(row_hash, 'hex') FROM audit_chain_head").fetchone()
     assert head == (checkpoint.row_hash,)
     assert list_names(store, "audit-anchors") == [checkpoint.name]
-    result = verdict(conn, store, anchorer)
+    result = verdict(db, store, anchorer)
     assert result.ok, result.describe()
     assert result.anchors.checkpoints == 1
 
 
 def test_nothing_is_anchored_while_the_head_has_not_moved(
-        conn: psycopg.Connection[Any], anchorer: Anchorer) -> None:
+        db: psycopg.Connection[Any], anchorer: Anchorer) -> None:
     assert anchorer.anchor() is None  # an empty chain
-    write(conn, 1)
+    write(db, 1)
     assert anchorer.anchor() is not None
     assert anchorer.anchor() is None
-    write(conn, 1)
+    write(db, 1)
     moved = anchorer.anchor()
     assert moved is not None and moved.seq == 2
 
 
 def test_a_whole_table_rewritten_with_a_self_consistent_chain_is_named(
-        conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
-    write(conn, 4)
+        db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
+    write(db, 4)
     checkpoint = anchorer.anchor()
     assert checkpoint is not None
 
     # The owner empties the table, resets the head to the genesis and lets the
     # trigger chain a fabricated history: every hash is consistent again.
-    behind_the_triggers(conn, "DELETE FROM audit_log")
-    conn.execute("UPDATE audit_chain_head SET seq = 0, row_hash = %s", (GENESIS_HASH,))
-    conn.execute("DELETE FROM audit_chain_partitions")
+    behind_the_triggers(db, "DELETE FROM audit_log")
+    db.execute("UPDATE audit_chain_head SET seq = 0, row_hash = %s", (GENESIS_HASH,))
+    db.execute("DELETE FROM audit_chain_partitions")
     for i in range(5):
-        record(conn, AuditEvent(f"fabricated-{i}", organization_id=ORG))
-    assert verify_chain(conn).ok  # the chain alone cannot tell
+        record(db, AuditEvent(f"fabricated-{i}", organization_id=ORG))
+    assert verify_chain(db).ok  # the chain alone cannot tell
 
-    result = verdict(conn, store, anchorer)
+    result = verdict(db, store, anchorer)
 
     assert not result.ok
     [problem] = result.anchors.problems
@@ -144,28 +116,28 @@ def test_a_whole_table_rewritten_with_a_self_consistent_chain_is_named(
     assert problem.endswith("the audit log was rewritten")
 
 
-def cut_tail(conn: psycopg.Connection[Any], keep: int) -> None:
+def cut_tail(db: psycopg.Connection[Any], keep: int) -> None:
     """Remove the rows after seq ``keep`` and make the head and ledger agree."""
-    behind_the_triggers(conn, f"DELETE FROM audit_log WHERE seq > {keep}")
-    conn.execute("UPDATE audit_chain_head SET seq = a.seq, row_hash = a.row_hash "
+    behind_the_triggers(db, f"DELETE FROM audit_log WHERE seq > {keep}")
+    db.execute("UPDATE audit_chain_head SET seq = a.seq, row_hash = a.row_hash "
                  "FROM audit_log a WHERE a.seq = %s", (keep,))
-    conn.execute("UPDATE audit_chain_partitions p SET row_count = c.n, last_seq = c.last "
+    db.execute("UPDATE audit_chain_partitions p SET row_count = c.n, last_seq = c.last "
                  "FROM (SELECT tableoid AS relid, count(*) AS n, max(seq) AS last "
                  "FROM audit_log GROUP BY tableoid) c WHERE c.relid = p.relid")
 
 
 def test_a_truncated_tail_is_detected_and_the_checkpoint_named(
-        conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
-    write(conn, 3)
+        db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
+    write(db, 3)
     early = anchorer.anchor()
-    write(conn, 2)
+    write(db, 2)
     late = anchorer.anchor()
     assert early is not None and late is not None
 
-    cut_tail(conn, 3)
-    assert verify_chain(conn).ok  # the chain alone cannot tell
+    cut_tail(db, 3)
+    assert verify_chain(db).ok  # the chain alone cannot tell
 
-    result = verdict(conn, store, anchorer)
+    result = verdict(db, store, anchorer)
 
     assert result.anchors.problems == [
         f"checkpoint {late.name}: it recorded seq 5 but the chain now ends at seq 3: rows "
@@ -173,8 +145,8 @@ def test_a_truncated_tail_is_detected_and_the_checkpoint_named(
 
 
 def test_an_altered_checkpoint_is_refused(
-        conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
-    write(conn, 2)
+        db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
+    write(db, 2)
     checkpoint = anchorer.anchor()
     assert checkpoint is not None
     path = store.root / checkpoint.name
@@ -182,36 +154,36 @@ def test_an_altered_checkpoint_is_refused(
     document["checkpoint"]["seq"] = 1
     path.write_text(json.dumps(document))
 
-    result = verdict(conn, store, anchorer)
+    result = verdict(db, store, anchorer)
 
     assert result.anchors.problems == [
         f"checkpoint {checkpoint.name}: the signature does not verify: the checkpoint was "
         "altered"]
 
 
-def atrium_cli(url: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def atrium_cli(db_url: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
-    env.update(ATRIUM_DATABASE_URL=url, ATRIUM_DATA_DIR=str(data_dir))
+    env.update(ATRIUM_DATABASE_URL=db_url, ATRIUM_DATA_DIR=str(data_dir))
     return subprocess.run([sys.executable, "-m", "atrium.cli", "-q", *args], env=env,
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
                           check=False)
 
 
 def test_the_command_anchors_then_fails_naming_the_checkpoint_of_a_cut_tail(
-        conn: psycopg.Connection[Any], url: str, tmp_path: Path) -> None:
-    write(conn, 4)
-    anchored = atrium_cli(url, tmp_path, "audit", "anchor")
+        db: psycopg.Connection[Any], db_url: str, tmp_path: Path) -> None:
+    write(db, 4)
+    anchored = atrium_cli(db_url, tmp_path, "audit", "anchor")
     assert anchored.returncode == 0, anchored.stderr
     name = anchored.stdout.split(": ", 1)[1].strip()
     key = tmp_path / "keys" / "audit-anchor-ed25519.pem"
     assert oct(key.stat().st_mode & 0o777) == "0o600"
 
-    intact = atrium_cli(url, tmp_path, "audit", "verify")
+    intact = atrium_cli(db_url, tmp_path, "audit", "verify")
     assert intact.returncode == 0, intact.stdout
     assert "anchors match: 1 signed checkpoint(s) checked" in intact.stdout
 
-    cut_tail(conn, 2)
-    broken = atrium_cli(url, tmp_path, "audit", "verify")
+    cut_tail(db, 2)
+    broken = atrium_cli(db_url, tmp_path, "audit", "verify")
 
     assert broken.returncode == 1, broken.stdout
     assert "audit chain intact" in broken.stdout
@@ -220,23 +192,23 @@ def test_the_command_anchors_then_fails_naming_the_checkpoint_of_a_cut_tail(
 
 
 def test_checkpoints_in_an_s3_bucket_under_a_prefix_are_listed_and_checked(
-        conn: psycopg.Connection[Any], url: str, s3_server: S3Server, tmp_path: Path) -> None:
+        db: psycopg.Connection[Any], db_url: str, s3_server: S3Server, tmp_path: Path) -> None:
     bucket = f"anchors-{uuid.uuid4().hex[:12]}"
     s3_server.client().make_bucket(bucket)
     store = open_store(f"s3://{bucket}/site-a", s3_endpoint=f"http://{s3_server.endpoint}",
                        s3_access_key=s3_server.access_key, s3_secret_key=s3_server.secret_key)
     key = load_or_create_key(tmp_path / "anchor.pem")
-    s3_anchorer = Anchorer(lambda: psycopg.connect(url, autocommit=True), store, key)
-    write(conn, 2)
+    s3_anchorer = Anchorer(lambda: psycopg.connect(db_url, autocommit=True), store, key)
+    write(db, 2)
     first = s3_anchorer.anchor()
-    write(conn, 1)
+    write(db, 1)
     second = s3_anchorer.anchor()
     assert first is not None and second is not None
 
     assert list_names(store, "audit-anchors") == [first.name, second.name]
-    assert verify_audit(conn, store, key.public_key()).ok
-    cut_tail(conn, 2)
-    problems = verify_audit(conn, store, key.public_key()).anchors.problems
+    assert verify_audit(db, store, key.public_key()).ok
+    cut_tail(db, 2)
+    problems = verify_audit(db, store, key.public_key()).anchors.problems
     assert problems == [f"checkpoint {second.name}: it recorded seq 3 but the chain now ends "
                         "at seq 2: rows were removed from the tail of the audit log"]
 
@@ -262,8 +234,8 @@ def test_atrium_anchors_on_its_schedule_and_at_shutdown(
     assert f"/{head:015d}-" in newest  # the head as Atrium stopped
     key = under_test.workdir / "keys" / "audit-anchor-ed25519.pem"
     assert oct(key.stat().st_mode & 0o777) == "0o600"
-    with psycopg.connect(under_test.database_url, autocommit=True) as conn:
-        result = verify_audit(conn, FileObjectStore(under_test.workdir / "objects"),
+    with psycopg.connect(under_test.database_url, autocommit=True) as db:
+        result = verify_audit(db, FileObjectStore(under_test.workdir / "objects"),
                               load_or_create_key(key).public_key())
     assert result.ok, result.describe()
 

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +21,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from atrium.auth.audit import AuditEvent, record
-from atrium.devenv import REPO_ROOT, LocalCluster
-from atrium.migrations import apply_migrations
+from atrium.devenv import REPO_ROOT
 from atrium.operations import archive
 from atrium.operations.anchoring import Anchorer, load_or_create_key
 from atrium.operations.audit_verify import verify_audit
@@ -37,46 +35,20 @@ NOW = dt.datetime.now(dt.UTC)
 MONTH = dt.date(NOW.year, NOW.month, 1)
 
 
-@pytest.fixture(scope="module")
-def migrated(pg_cluster: LocalCluster) -> Iterator[str]:
-    """A migrated database each test copies: migrating anew costs seconds a test."""
-    name = f"tmpl_{uuid.uuid4().hex[:12]}"
-    pg_cluster.ensure_database(name)
-    apply_migrations(pg_cluster.url(name))
-    yield name
-    pg_cluster.drop_database(name)
-
-
-@pytest.fixture
-def url(pg_cluster: LocalCluster, migrated: str) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_cluster.url("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
-            sql.Identifier(name), sql.Identifier(migrated)))
-    yield pg_cluster.url(name)
-    pg_cluster.drop_database(name)
-
-
-@pytest.fixture
-def conn(url: str) -> Iterator[psycopg.Connection[Any]]:
-    with psycopg.connect(url, autocommit=True) as connection:
-        yield connection
-
-
 @pytest.fixture
 def store(tmp_path: Path) -> FileObjectStore:
     return FileObjectStore(tmp_path / "objects")
 
 
 @pytest.fixture
-def anchorer(url: str, store: FileObjectStore, tmp_path: Path) -> Anchorer:
+def anchorer(db_url: str, store: FileObjectStore, tmp_path: Path) -> Anchorer:
     key = load_or_create_key(tmp_path / "keys" / "anchor.pem")
-    return Anchorer(lambda: psycopg.connect(url, autocommit=True), store, key, node="test")
+    return Anchorer(lambda: psycopg.connect(db_url, autocommit=True), store, key, node="test")
 
 
 @pytest.fixture
-def organization(conn: psycopg.Connection[Any]) -> uuid.UUID:
-    row = conn.execute("INSERT INTO organizations (name) VALUES ('Retention') "
+def organization(db: psycopg.Connection[Any]) -> uuid.UUID:
+    row = db.execute("INSERT INTO organizations (name) VALUES ('Retention') "
                        "RETURNING id").fetchone()
     assert row is not None
     return uuid.UUID(str(row[0]))
@@ -87,37 +59,37 @@ def later(period: dt.timedelta) -> dt.datetime:
     return NOW + period + dt.timedelta(days=62)
 
 
-def relations(conn: psycopg.Connection[Any], names: list[str]) -> list[str]:
+def relations(db: psycopg.Connection[Any], names: list[str]) -> list[str]:
     return [n for n in names
-            if conn.execute("SELECT to_regclass(%s)", (n,)).fetchone() != (None,)]
+            if db.execute("SELECT to_regclass(%s)", (n,)).fetchone() != (None,)]
 
 
 # ------------------------------------------------------------------ audit_log
 
 def test_expired_audit_months_leave_whole_and_the_chain_verifies_from_the_boundary(
-        conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
+        db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
     for i in range(3):
-        record(conn, AuditEvent(f"old-{i}"))
+        record(db, AuditEvent(f"old-{i}"))
     anchorer.anchor()
-    boundary = conn.execute("SELECT id, row_hash FROM audit_log WHERE seq = 3").fetchone()
+    boundary = db.execute("SELECT id, row_hash FROM audit_log WHERE seq = 3").fetchone()
     assert boundary is not None
     now = later(POLICY.audit)
 
-    the_plan = plan(conn, POLICY, now)
-    report = execute(conn, the_plan, POLICY, store, anchorer)
-    record(conn, AuditEvent("after-the-cut"))  # chained onto the boundary
+    the_plan = plan(db, POLICY, now)
+    report = execute(db, the_plan, POLICY, store, anchorer)
+    record(db, AuditEvent("after-the-cut"))  # chained onto the boundary
 
     names = [p.name for p in the_plan.audit_partitions]
     assert f"audit_log_y{NOW:%Y}m{NOW:%m}" in names and the_plan.audit_rows == 3
-    assert relations(conn, names) == []
+    assert relations(db, names) == []
     assert report.audit_partitions_dropped == len(names)
-    cut = conn.execute("SELECT boundary_seq, boundary_hash, rows_dropped, checkpoint "
+    cut = db.execute("SELECT boundary_seq, boundary_hash, rows_dropped, checkpoint "
                        "FROM audit_retention_cuts").fetchall()
     assert cut == [(3, boundary[1], 3, report.audit_cut)]
     assert store.exists(str(report.audit_cut))
-    first = conn.execute("SELECT seq, prev_hash FROM audit_log").fetchall()
+    first = db.execute("SELECT seq, prev_hash FROM audit_log").fetchall()
     assert first == [(4, boundary[1])]
-    verdict = verify_audit(conn, store, anchorer.key.public_key(), retention=POLICY.audit,
+    verdict = verify_audit(db, store, anchorer.key.public_key(), retention=POLICY.audit,
                            now=now)
     assert verdict.ok, verdict.describe()
     assert (verdict.chain.first_seq, verdict.chain.retention_dropped) == (4, 3)
@@ -125,24 +97,24 @@ def test_expired_audit_months_leave_whole_and_the_chain_verifies_from_the_bounda
 
 
 def test_a_remaining_row_rechained_after_the_cut_is_caught_by_the_anchored_boundary(
-        conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
+        db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer) -> None:
     for i in range(2):
-        record(conn, AuditEvent(f"old-{i}"))
+        record(db, AuditEvent(f"old-{i}"))
     now = later(POLICY.audit)
-    execute(conn, plan(conn, POLICY, now), POLICY, store, anchorer)
-    record(conn, AuditEvent("after-the-cut"))
+    execute(db, plan(db, POLICY, now), POLICY, store, anchorer)
+    record(db, AuditEvent("after-the-cut"))
     # The owner forges the first remaining row onto a made-up predecessor and rehashes
     # it: the chain accepts whatever prev_hash the oldest row after a cut carries.
-    conn.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
-    conn.execute("UPDATE audit_log a SET prev_hash = sha256('forged'), row_hash = sha256("
+    db.execute("ALTER TABLE audit_log DISABLE TRIGGER USER")
+    db.execute("UPDATE audit_log a SET prev_hash = sha256('forged'), row_hash = sha256("
                  "atrium_audit_canonical(a.id, a.event_time, a.user_id, a.keycloak_id, "
                  "a.organization_id, 'forged', a.resource_type, a.resource_id, a.ip_address, "
                  "a.user_agent, a.details, a.phi_accessed, a.seq, sha256('forged'))), "
                  "action = 'forged'")
-    conn.execute("UPDATE audit_chain_head h SET row_hash = a.row_hash FROM audit_log a")
-    conn.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
+    db.execute("UPDATE audit_chain_head h SET row_hash = a.row_hash FROM audit_log a")
+    db.execute("ALTER TABLE audit_log ENABLE TRIGGER USER")
 
-    verdict = verify_audit(conn, store, anchorer.key.public_key(), retention=POLICY.audit,
+    verdict = verify_audit(db, store, anchorer.key.public_key(), retention=POLICY.audit,
                            now=now)
 
     assert verdict.chain.ok
@@ -153,14 +125,14 @@ def test_a_remaining_row_rechained_after_the_cut_is_caught_by_the_anchored_bound
 
 # ------------------------------------------------------------------ predictions
 
-def add_predictions(conn: psycopg.Connection[Any], store: FileObjectStore,
+def add_predictions(db: psycopg.Connection[Any], store: FileObjectStore,
                     organization: uuid.UUID) -> list[str]:
-    model = conn.execute("INSERT INTO ml_models (model_name, model_version, model_type) "
+    model = db.execute("INSERT INTO ml_models (model_name, model_version, model_type) "
                          "VALUES ('nodules', '1.0', 'detection') RETURNING id").fetchone()
     assert model is not None
     ids = []
     for confidence in (0.125, 0.9):
-        row = conn.execute(
+        row = db.execute(
             "INSERT INTO predictions (model_id, target_id, target_type, results, confidence, "
             "organization_id) VALUES (%s, %s, 'study', %s, %s, %s) RETURNING id",
             (model[0], uuid.uuid4(), Jsonb({"label": "nodule", "scores": [confidence]}),
@@ -168,29 +140,29 @@ def add_predictions(conn: psycopg.Connection[Any], store: FileObjectStore,
         assert row is not None
         ids.append(str(row[0]))
     store.put(f"predictions/{ids[0]}/mask", b"\x89PNG mask bytes")
-    conn.execute("UPDATE predictions SET results = jsonb_set(results, '{segmentation}', %s) "
+    db.execute("UPDATE predictions SET results = jsonb_set(results, '{segmentation}', %s) "
                  "WHERE id = %s", (Jsonb({"mask_url": f"/api/predictions/{ids[0]}/segmentation"
                                                       "/mask", "mask_bytes": 15}), ids[0]))
     return ids
 
 
-def snapshot(conn: psycopg.Connection[Any]) -> list[Any]:
-    return conn.execute("SELECT to_jsonb(p) FROM predictions p ORDER BY id").fetchall()
+def snapshot(db: psycopg.Connection[Any]) -> list[Any]:
+    return db.execute("SELECT to_jsonb(p) FROM predictions p ORDER BY id").fetchall()
 
 
 def test_expired_predictions_are_archived_removed_and_restored_equal(
-        conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer,
+        db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer,
         organization: uuid.UUID) -> None:
-    ids = add_predictions(conn, store, organization)
-    before = snapshot(conn)
+    ids = add_predictions(db, store, organization)
+    before = snapshot(db)
     now = later(POLICY.predictions)
-    assert plan(conn, POLICY, now - dt.timedelta(days=70)).prediction_months == []
+    assert plan(db, POLICY, now - dt.timedelta(days=70)).prediction_months == []
 
-    the_plan = plan(conn, POLICY, now)
-    report = execute(conn, the_plan, POLICY, store, anchorer)
+    the_plan = plan(db, POLICY, now)
+    report = execute(db, the_plan, POLICY, store, anchorer)
 
     assert the_plan.prediction_months == [(MONTH, 2)] and report.predictions_archived == 2
-    assert snapshot(conn) == []
+    assert snapshot(db) == []
     assert not store.exists(f"predictions/{ids[0]}/mask")
     prefix = archive.month_prefix(MONTH)
     with store.get(f"{prefix}/predictions.parquet") as stream:
@@ -198,106 +170,106 @@ def test_expired_predictions_are_archived_removed_and_restored_equal(
     assert sorted(table.column("id").to_pylist()) == sorted(ids)
     assert store.exists(f"{prefix}/files/{ids[0]}/mask")
 
-    restored = archive.restore_month(conn, store, MONTH)
+    restored = archive.restore_month(db, store, MONTH)
 
     assert restored == 2
-    assert snapshot(conn) == before
+    assert snapshot(db) == before
     with store.get(f"predictions/{ids[0]}/mask") as stream:
         assert stream.read() == b"\x89PNG mask bytes"
-    assert plan(conn, POLICY, now).prediction_months == []  # held once restored
-    assert archive.release_month(conn, MONTH)
-    assert plan(conn, POLICY, now).prediction_months == [(MONTH, 2)]
-    execute(conn, plan(conn, POLICY, now), POLICY, store, anchorer)  # archived again
+    assert plan(db, POLICY, now).prediction_months == []  # held once restored
+    assert archive.release_month(db, MONTH)
+    assert plan(db, POLICY, now).prediction_months == [(MONTH, 2)]
+    execute(db, plan(db, POLICY, now), POLICY, store, anchorer)  # archived again
     with store.get(f"{prefix}/predictions.parquet") as stream:
         again = pq.read_table(io.BytesIO(stream.read()))
     assert sorted(again.column("id").to_pylist()) == sorted(ids)  # not twice
-    assert conn.execute("SELECT row_count, file_count, restored_at FROM prediction_archives"
+    assert db.execute("SELECT row_count, file_count, restored_at FROM prediction_archives"
                         ).fetchall() == [(2, 1, None)]
 
 
 def test_a_row_back_dated_into_an_archived_month_joins_its_archive(
-        conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer,
+        db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer,
         organization: uuid.UUID) -> None:
-    ids = add_predictions(conn, store, organization)
+    ids = add_predictions(db, store, organization)
     now = later(POLICY.predictions)
-    execute(conn, plan(conn, POLICY, now), POLICY, store, anchorer)
-    late = conn.execute("INSERT INTO predictions (model_id, target_id, target_type, "
+    execute(db, plan(db, POLICY, now), POLICY, store, anchorer)
+    late = db.execute("INSERT INTO predictions (model_id, target_id, target_type, "
                         "created_at) SELECT id, %s, 'study', %s FROM ml_models "
                         "RETURNING id::text", (uuid.uuid4(), NOW)).fetchone()
     assert late is not None
 
-    execute(conn, plan(conn, POLICY, now), POLICY, store, anchorer)
+    execute(db, plan(db, POLICY, now), POLICY, store, anchorer)
 
     with store.get(f"{archive.month_prefix(MONTH)}/predictions.parquet") as stream:
         table = pq.read_table(io.BytesIO(stream.read()))
     assert sorted(table.column("id").to_pylist()) == sorted([*ids, late[0]])
-    assert archive.restore_month(conn, store, MONTH) == 3
+    assert archive.restore_month(db, store, MONTH) == 3
 
 
 def test_a_changed_archive_is_refused_on_restore(
-        conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer,
+        db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer,
         organization: uuid.UUID) -> None:
-    add_predictions(conn, store, organization)
-    execute(conn, plan(conn, POLICY, later(POLICY.predictions)), POLICY, store, anchorer)
+    add_predictions(db, store, organization)
+    execute(db, plan(db, POLICY, later(POLICY.predictions)), POLICY, store, anchorer)
     store.put(f"{archive.month_prefix(MONTH)}/predictions.parquet", b"not parquet")
 
     with pytest.raises(archive.ArchiveError, match="does not match its recorded SHA-256"):
-        archive.restore_month(conn, store, MONTH)
-    assert snapshot(conn) == []
+        archive.restore_month(db, store, MONTH)
+    assert snapshot(db) == []
 
 
 # ------------------------------------------------------------------ jobs, soft deletes
 
 def test_finished_jobs_and_soft_deleted_rows_go_after_their_periods_with_their_objects(
-        conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer,
+        db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer,
         organization: uuid.UUID) -> None:
-    conn.execute("INSERT INTO jobs (kind, status, finished_at) VALUES "
+    db.execute("INSERT INTO jobs (kind, status, finished_at) VALUES "
                  "('reconcile', 'succeeded', now()), ('backfill', 'running', NULL)")
     slides = []
     for deleted in (True, False):
-        row = conn.execute(
+        row = db.execute(
             "INSERT INTO slides (slide_id, organization_id, storage_path, deleted_at) "
             "VALUES (%s, %s, %s, %s) RETURNING id",
             (uuid.uuid4().hex, organization, f"slides/{organization}/{uuid.uuid4()}",
              NOW if deleted else None)).fetchone()
         assert row is not None
         slides.append(str(row[0]))
-    paths = [r[0] for r in conn.execute("SELECT storage_path FROM slides ORDER BY "
+    paths = [r[0] for r in db.execute("SELECT storage_path FROM slides ORDER BY "
                                         "deleted_at NULLS LAST").fetchall()]
     for path in paths:
         store.put(path, b"tiff")
     now = NOW + max(POLICY.jobs, POLICY.deleted) + dt.timedelta(days=1)
 
-    the_plan = plan(conn, POLICY, now)
-    report = execute(conn, the_plan, POLICY, store, anchorer)
+    the_plan = plan(db, POLICY, now)
+    report = execute(db, the_plan, POLICY, store, anchorer)
 
     assert len(the_plan.jobs) == 1 and report.jobs_deleted == 1
-    assert conn.execute("SELECT kind FROM jobs").fetchall() == [("backfill",)]
+    assert db.execute("SELECT kind FROM jobs").fetchall() == [("backfill",)]
     assert the_plan.deleted == {"slides": [slides[0]]}
     assert report.deleted_purged == {"slides": [slides[0]]}
-    assert conn.execute("SELECT id::text FROM slides").fetchall() == [(slides[1],)]
+    assert db.execute("SELECT id::text FROM slides").fetchall() == [(slides[1],)]
     assert [store.exists(p) for p in paths] == [False, True]
 
 
 def test_the_dry_run_lists_exactly_what_the_run_removes(
-        url: str, conn: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer,
+        db_url: str, db: psycopg.Connection[Any], store: FileObjectStore, anchorer: Anchorer,
         organization: uuid.UUID) -> None:
-    record(conn, AuditEvent("old"))
-    add_predictions(conn, store, organization)
-    conn.execute("INSERT INTO jobs (kind, status, finished_at) VALUES ('reconcile', "
+    record(db, AuditEvent("old"))
+    add_predictions(db, store, organization)
+    db.execute("INSERT INTO jobs (kind, status, finished_at) VALUES ('reconcile', "
                  "'failed', now())")
-    conn.execute("INSERT INTO annotations (annotation_type, target_id, target_type, "
+    db.execute("INSERT INTO annotations (annotation_type, target_id, target_type, "
                  "organization_id, deleted_at) VALUES ('general', %s, 'study', %s, now())",
                  (uuid.uuid4(), organization))
     now = later(POLICY.audit)
     tables = ("audit_log", "predictions", "jobs", "annotations")
-    counts = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t)))
+    counts = {t: db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t)))
               .fetchone() for t in tables}
 
-    dry = run(url, POLICY, store, anchorer, now, dry_run=True)
-    unchanged = {t: conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t)))
+    dry = run(db_url, POLICY, store, anchorer, now, dry_run=True)
+    unchanged = {t: db.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(t)))
                  .fetchone() for t in tables}
-    real = run(url, POLICY, store, anchorer, now)
+    real = run(db_url, POLICY, store, anchorer, now)
 
     assert unchanged == counts
     assert dry.plan.lines() == real.plan.lines()
@@ -309,18 +281,18 @@ def test_the_dry_run_lists_exactly_what_the_run_removes(
         "predictions_archived": 2, "jobs_deleted": 1,
         "deleted_purged": dry.plan.deleted, "kept": []}
     for table in tables:
-        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+        assert db.execute(sql.SQL("SELECT count(*) FROM {}").format(
             sql.Identifier(table))).fetchone() == (0,)
-    assert plan(conn, POLICY, now).lines() == []
+    assert plan(db, POLICY, now).lines() == []
 
 
 def test_the_command_lists_then_removes_what_has_expired(
-        url: str, conn: psycopg.Connection[Any], tmp_path: Path) -> None:
-    job = conn.execute("INSERT INTO jobs (kind, status, finished_at) VALUES ('reconcile', "
+        db_url: str, db: psycopg.Connection[Any], tmp_path: Path) -> None:
+    job = db.execute("INSERT INTO jobs (kind, status, finished_at) VALUES ('reconcile', "
                        "'succeeded', now() - interval '91 days') RETURNING id::text").fetchone()
     assert job is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
-    env.update(ATRIUM_DATABASE_URL=url, ATRIUM_DATA_DIR=str(tmp_path))
+    env.update(ATRIUM_DATABASE_URL=db_url, ATRIUM_DATA_DIR=str(tmp_path))
 
     def atrium(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "atrium.cli", "-q", "retention", *args],
@@ -330,12 +302,12 @@ def test_the_command_lists_then_removes_what_has_expired(
     dry = atrium("--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert dry.stdout.splitlines() == ["retention would remove 1 item(s)", f"  job {job[0]}"]
-    assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
+    assert db.execute("SELECT count(*) FROM jobs").fetchone() == (1,)
 
     real = atrium()
     assert real.returncode == 0, real.stderr
     assert real.stdout.splitlines() == ["retention removed 1 item(s)", f"  job {job[0]}"]
-    assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+    assert db.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
 
     missing = atrium("restore", "--month", "2001-01")
     assert missing.returncode == 1
