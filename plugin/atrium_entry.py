@@ -105,8 +105,10 @@ def on_change(change_type: object, level: object, resource_id: str) -> None:
 
 
 # Orthanc gives the client's address to the request filter only; the route that
-# serves the request runs next on the same HTTP thread and reads it from here.
-_client = threading.local()
+# serves the request runs next on the same HTTP thread and reads it from here. Keyed
+# by the thread's id, not a threading.local: Orthanc's threads are not Python's, and
+# the plugin drops a thread's Python state (and its locals) after each callback.
+_client_ips: dict[int, str] = {}
 
 _METHODS = {
     orthanc.HttpMethod.GET: "GET", orthanc.HttpMethod.POST: "POST",
@@ -118,7 +120,7 @@ def incoming_request_filter(uri: str, method: object, ip: str, headers: dict[str
                             get: object = None) -> bool:
     """Intervention: every HTTP request Orthanc receives, before it is routed.
     ``get`` is passed for GET requests only."""
-    _client.ip = ip
+    _client_ips[threading.get_ident()] = ip
     lowered = {str(k).lower(): str(v) for k, v in dict(headers or {}).items()}
     name = _METHODS.get(method, str(method))  # type: ignore[call-overload]
     return _app.request_filter.allow(uri, name, ip, lowered)
@@ -141,7 +143,7 @@ def _request(path: str, request: dict[str, object]) -> Request:
         query=_query(request.get("get")),
         headers=headers,
         body=body if isinstance(body, bytes) else str(body).encode(),
-        client_ip=getattr(_client, "ip", ""),
+        client_ip=_client_ips.get(threading.get_ident(), ""),
     )
 
 
@@ -191,6 +193,15 @@ def on_dicomweb(output: object, uri: str, **request: object) -> None:
     A WADO-RS retrieval is sent part by part from this thread as the parts arrive."""
     path = uri[len(PUBLIC_DICOMWEB_ROOT) - 1:]
     _answer(output, _app.dicomweb.handle(_request(path, request)))
+
+
+def on_viewer(output: object, uri: str, **request: object) -> None:
+    """Intervention: ``GET /viewer/...``, OHIF's files (public; see atrium.api.viewer)."""
+    from atrium.api.viewer import serve
+
+    assert _app.viewer_site is not None
+    path = uri[len("/viewer/"):] if uri.startswith("/viewer/") else ""
+    _answer(output, serve(_app.viewer_site, _request(path, request)))
 
 
 _dicom_log = logging.getLogger("atrium.dicomnet")
@@ -261,3 +272,5 @@ orthanc.RegisterRestCallback("/modalities/([^/]+)", _releasing_body(on_modality)
 orthanc.RegisterIncomingHttpRequestFilter(incoming_request_filter)
 orthanc.RegisterRestCallback("/api/(.*)", _releasing_body(on_api))
 orthanc.RegisterRestCallback(PUBLIC_DICOMWEB_ROOT + "(.*)", _releasing_body(on_dicomweb))
+# Orthanc drops a trailing slash before matching: "/viewer/" arrives as "/viewer".
+orthanc.RegisterRestCallback("/viewer(/.*)?", on_viewer)

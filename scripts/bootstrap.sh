@@ -13,6 +13,8 @@ want_test=0
 packages=(orthanc orthanc-python orthanc-dicomweb orthanc-postgresql postgresql dcmtk python3-venv)
 # The slide viewer's browser tests drive Debian's Chromium through its chromedriver.
 if [ $want_test -eq 1 ]; then packages+=(chromium chromium-driver); fi
+# npm fetches the OHIF build that /viewer/ serves (below); any Node with npm will do.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -61,3 +63,8 @@ if [ $satisfied -eq 0 ]; then
   "$venv/bin/pip" install -q -e ".[$extras]"
   echo "$extras" > "$stamp"
 fi
+# OHIF for /viewer/: the pinned @ohif/app build from npm, checked and relocated once
+# (plugin/atrium/viewer/install.py); nothing loads from a CDN at run time.
+# Atrium runs without it (/viewer/ then answers 404 saying so): a failure warns only.
+"$venv/bin/python" -m atrium.viewer.install build/viewer >/dev/null \
+  || echo "atrium: OHIF was not installed; /viewer/ stays unavailable (docs/VIEWER.md)" >&2

@@ -38,6 +38,7 @@ from atrium.api import (
     studies,
     uploads,
     users,
+    viewer,
 )
 from atrium.api import annotations as annotation_routes  # not `annotations`: __future__
 from atrium.api import metrics as metrics_routes  # not `metrics`: Atrium.metrics
@@ -79,6 +80,7 @@ from atrium.slides.model import SlideReader
 from atrium.slides.wsi_registry import WsiRegistry
 from atrium.storage import ObjectStore, S3ObjectStore, open_store
 from atrium.uploads.store import UploadLimits, UploadStore
+from atrium.viewer.site import OhifSite
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +319,7 @@ class Atrium:
     dicom: DicomNetwork | None = None  # C-FIND/C-MOVE scoped per organization; C-GET refused
     # What a DICOM file may hold before any parser sees it (atrium.dicom.scan).
     dicom_limits: DicomLimits = DEFAULT_LIMITS
+    viewer_site: OhifSite | None = None  # OHIF at /viewer/ (api.viewer)
     # Prometheus metrics in a registry of this application's own (GET /api/metrics).
     metrics: Metrics = field(default_factory=Metrics)
     upkeep: ScheduledTask | None = None  # partitions ahead and retention (atrium.operations)
@@ -402,9 +405,11 @@ class Atrium:
                              *uploads.routes(app),
                              *slides.routes(app),
                              *recordings.routes(app),
-                             *slide_viewer.routes(app)],
+                             *slide_viewer.routes(app),
+                             *viewer.routes(app)],
                             guard=metrics_routes.scrape_token_guard(guard, settings.metrics_token))
         app.api = AuditedApi(app.router, pool.connection, observe=app.metrics.observe_request)
+        app.viewer_site = viewer.ohif_site(settings)
         app.metrics.watch(StateCollector(
             pool.connection, lambda: int(orthanc.get_json("/changes?last").get("Last", 0)),
             worker))

@@ -63,6 +63,7 @@ _CONFIG_KEYS: dict[str, str] = {
     "ATRIUM_RETENTION_PREDICTIONS_DAYS": "RetentionPredictionsDays",
     "ATRIUM_RETENTION_JOBS_DAYS": "RetentionJobsDays",
     "ATRIUM_RETENTION_DELETED_DAYS": "RetentionDeletedDays",
+    "ATRIUM_VIEWER_DIR": "ViewerDir",
     "ATRIUM_BACKUP_URL": "BackupUrl",
     "ATRIUM_BACKUP_FULL_AT": "BackupFullAt",
     "ATRIUM_BACKUP_INCREMENTAL_HOURS": "BackupIncrementalHours",
@@ -141,6 +142,9 @@ class Settings:
     # A secret a scraper may send as its bearer token, for GET /api/metrics only
     # (docs/METRICS.md); None: administrators' tokens only.
     metrics_token: str | None = None
+    # The OHIF build /viewer/ serves (atrium.viewer.install); None: the one
+    # scripts/bootstrap.sh installs in the checkout's build/viewer/.
+    viewer_dir: Path | None = None
     # Backups (docs/OPERATIONS.md): where base backups, the WAL archive and Orthanc's
     # files go (None: file://<data_dir>/backups), the full backup's time of day
     # ("HH:MM", local time), hours between incremental runs, days recovery reaches
@@ -449,6 +453,8 @@ def load_settings(
                             "for every organization (docs/SECURITY.md, DICOM networking)")
 
     audience = raw("ATRIUM_OIDC_AUDIENCE") or "atrium"
+    viewer_raw = raw("ATRIUM_VIEWER_DIR")
+    viewer_dir = (base / viewer_raw).resolve() if viewer_raw else None
     org_claim = raw("ATRIUM_ORG_CLAIM") or "organization"
 
     # Last: the default names the private cluster's password file, which it creates,
@@ -465,6 +471,7 @@ def load_settings(
         s3_secure=_parse_bool("ATRIUM_S3_SECURE", raw("ATRIUM_S3_SECURE") or "true"),
         oidc_issuer=issuer,
         oidc_audience=audience,
+        viewer_dir=viewer_dir,
         org_claim=org_claim,
         default_organization=default_org,
         aet_organizations=_parse_aet_map(raw("ATRIUM_AET_ORGANIZATIONS") or "{}"),

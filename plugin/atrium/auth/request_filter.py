@@ -10,6 +10,9 @@ and headers, never the answer. So it decides by kind of route:
   answer 401 with a problem document, which the filter cannot.
 * The DICOMweb plugin's real root, kept private: only Atrium's own calls, which
   carry the internal secret (:mod:`atrium.auth.internal`).
+* OHIF's static files under ``/viewer/`` (:mod:`atrium.api.viewer`): GET without a
+  token — they hold no data — and only for paths of plain segments, so no
+  spelling of ``..`` reaches Orthanc's own routes that way.
 * Everything else is Orthanc's native REST API and its web tools: a valid token
   with the ``orthanc-admin`` permission (role ``admin``), confined like the rest
   of Atrium to the caller's organization (see :func:`orthanc_scope`), and one
@@ -43,6 +46,7 @@ class RouteKind(enum.Enum):
     DICOMWEB = "dicomweb"  # the public root, served by Atrium's gateway
     DICOMWEB_PLUGIN = "dicomweb-plugin"  # the plugin's private root
     ORTHANC = "orthanc"  # Orthanc's native REST API, Orthanc Explorer, everything else
+    VIEWER = "viewer"  # OHIF's files at /viewer/, public (atrium.api.viewer)
 
 
 # Orthanc's routes whose answers can carry patient data.
@@ -64,6 +68,7 @@ _SYSTEM_ROUTES = ("/system", "/statistics", "/plugins", "/tools/now", "/tools/no
 _LEVEL_TABLES = {"patients": "patients", "studies": "studies", "series": "series",
                  "instances": "instances"}
 _ORTHANC_ID = re.compile(r"^[0-9a-f]{8}(-[0-9a-f]{8}){4}$")
+_VIEWER_PATH = re.compile(r"^/viewer(/([A-Za-z0-9_-][A-Za-z0-9._-]*)?)*$")
 
 # Every live mirror row behind one Orthanc resource, with its organization. A
 # patient resource of Orthanc can hold studies of several organizations (the same
@@ -96,6 +101,8 @@ def route_kind(uri: str, dicomweb_root: str, plugin_root: str) -> RouteKind:
     """The kind of route ``uri`` reaches; roots end with ``/``."""
     if uri.startswith("/api/"):
         return RouteKind.ATRIUM_API
+    if _VIEWER_PATH.match(uri.split("?", 1)[0]):
+        return RouteKind.VIEWER
     if uri.startswith(plugin_root) or uri == plugin_root.rstrip("/"):
         return RouteKind.DICOMWEB_PLUGIN
     if uri.startswith(dicomweb_root) or uri == dicomweb_root.rstrip("/"):
@@ -163,6 +170,8 @@ class RequestFilter:
             return True
         if kind is RouteKind.DICOMWEB and self._gateway_enabled:
             return True
+        if kind is RouteKind.VIEWER:
+            return method == "GET"
         if kind is RouteKind.DICOMWEB_PLUGIN:
             self._audit(None, method, uri, 403, ip, headers, phi=False)
             return False
