@@ -23,7 +23,9 @@ from atrium.auth.dev_issuer import load_or_create
 from atrium.auth.internal import INTERNAL_HEADER, internal_secret
 from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, orthanc_config, wait_until
 from atrium.migrations import apply_migrations
+from atrium.operations.anchoring import Anchorer, load_or_create_key
 from atrium.orthanc_api import HttpOrthancApi
+from atrium.storage import FileObjectStore
 from tests.conftest import free_port
 
 AET_MAP = {"MAPPED_AE": "Radiology North"}
@@ -206,3 +208,16 @@ def db(db_url: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection to :func:`db_url`."""
     with psycopg.connect(db_url, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileObjectStore:
+    """An empty local object store of this test's own."""
+    return FileObjectStore(tmp_path / "objects")
+
+
+@pytest.fixture
+def anchorer(db_url: str, store: FileObjectStore, tmp_path: Path) -> Anchorer:
+    """Checkpoints of :func:`db`'s audit chain into :func:`store`, a key of the test's own."""
+    key = load_or_create_key(tmp_path / "keys" / "anchor.pem")
+    return Anchorer(lambda: psycopg.connect(db_url, autocommit=True), store, key, node="test")

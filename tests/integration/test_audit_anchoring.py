@@ -34,17 +34,6 @@ pytestmark = pytest.mark.integration
 ORG = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> FileObjectStore:
-    return FileObjectStore(tmp_path / "objects")
-
-
-@pytest.fixture
-def anchorer(db_url: str, store: FileObjectStore, tmp_path: Path) -> Anchorer:
-    key = load_or_create_key(tmp_path / "keys" / "anchor.pem")
-    return Anchorer(lambda: psycopg.connect(db_url, autocommit=True), store, key, node="test")
-
-
 def write(db: psycopg.Connection[Any], count: int) -> None:
     for i in range(count):
         record(db, AuditEvent(f"event-{i}", organization_id=ORG, details={"i": i}))

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 from atrium.auth.audit import AuditEvent, record
 from atrium.devenv import REPO_ROOT
 from atrium.operations import archive
-from atrium.operations.anchoring import Anchorer, load_or_create_key
+from atrium.operations.anchoring import Anchorer
 from atrium.operations.audit_verify import verify_audit
 from atrium.operations.retention import RetentionPolicy, execute, plan, run
 from atrium.storage import FileObjectStore
@@ -33,17 +33,6 @@ pytestmark = pytest.mark.integration
 POLICY = RetentionPolicy()  # the data model's periods
 NOW = dt.datetime.now(dt.UTC)
 MONTH = dt.date(NOW.year, NOW.month, 1)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> FileObjectStore:
-    return FileObjectStore(tmp_path / "objects")
-
-
-@pytest.fixture
-def anchorer(db_url: str, store: FileObjectStore, tmp_path: Path) -> Anchorer:
-    key = load_or_create_key(tmp_path / "keys" / "anchor.pem")
-    return Anchorer(lambda: psycopg.connect(db_url, autocommit=True), store, key, node="test")
 
 
 @pytest.fixture

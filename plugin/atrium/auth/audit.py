@@ -431,6 +431,50 @@ _KEYS = ("id", "event_time", "user_id", "keycloak_id", "organization_id", "actio
          "seq", "prev_hash", "row_hash")
 
 
+def select_page(conn: psycopg.Connection[Any], select: sql.SQL, keyset: Keyset,
+                organization_id: uuid.UUID, *, limit: int, max_limit: int,
+                cursor: str | None, time_from: dt.datetime | None,
+                time_to: dt.datetime | None, equal: Mapping[str, Any] | None = None
+                ) -> Page:
+    """One page of an organization's audit rows through ``select`` (a statement with
+    ``{where}`` and ``{order}`` whose rows start with ``id, event_time``), in
+    ``keyset``'s order: ``time_from <= event_time < time_to`` and each column of
+    ``equal`` whose value is not None equal to it. The audit list and the exports
+    page this way; the items are the rows as fetched.
+
+    Raises
+    ------
+    BadRequest
+        For a ``cursor`` ``keyset`` did not issue (field ``cursor``).
+    ValueError
+        For ``limit`` outside ``1..max_limit`` or a naive time (routes validate first).
+    """
+    if not 1 <= limit <= max_limit:
+        raise ValueError(f"limit must be between 1 and {max_limit}, got {limit}")
+    for name, when in (("time_from", time_from), ("time_to", time_to)):
+        if when is not None and when.tzinfo is None:
+            raise ValueError(f"{name} must be timezone-aware")
+    wanted = PageRequest(limit, decode_cursor(cursor, scope=keyset.scope, size=2)
+                         if cursor else None)
+    where: list[sql.Composable] = [sql.SQL("organization_id = %s")]
+    params: list[Any] = [organization_id]
+    for column, value in (equal or {}).items():
+        if value is not None:
+            where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+            params.append(value)
+    if time_from is not None:
+        where.append(sql.SQL("event_time >= %s"))
+        params.append(time_from)
+    if time_to is not None:
+        where.append(sql.SQL("event_time < %s"))
+        params.append(time_to)
+    after, after_values = keyset.after(wanted)
+    where.append(after)
+    statement = select.format(where=sql.SQL(" AND ").join(where), order=keyset.order_by())
+    rows = conn.execute(statement, [*params, *after_values, wanted.fetch]).fetchall()
+    return keyset.page(rows, limit, key=lambda row: (row[1], row[0]))
+
+
 def query(conn: psycopg.Connection[Any], organization_id: uuid.UUID, *,
           user_id: uuid.UUID | None = None, action: str | None = None,
           resource_type: str | None = None, resource_id: uuid.UUID | None = None,
@@ -450,32 +494,12 @@ def query(conn: psycopg.Connection[Any], organization_id: uuid.UUID, *,
     ValueError
         For ``limit`` outside 1..1000 or a naive time (the route validates both first).
     """
-    if not 1 <= limit <= MAX_LIMIT:
-        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}, got {limit}")
-    for name, when in (("time_from", time_from), ("time_to", time_to)):
-        if when is not None and when.tzinfo is None:
-            raise ValueError(f"{name} must be timezone-aware")
-    wanted = PageRequest(limit, decode_cursor(cursor, scope=AUDIT_KEYSET.scope, size=2)
-                         if cursor else None)
-    where: list[sql.Composable] = [sql.SQL("organization_id = %s")]
-    params: list[Any] = [organization_id]
-    for column, value in (("user_id", user_id), ("action", action),
-                          ("resource_type", resource_type), ("resource_id", resource_id),
-                          ("phi_accessed", phi_accessed)):
-        if value is not None:
-            where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-            params.append(value)
-    if time_from is not None:
-        where.append(sql.SQL("event_time >= %s"))
-        params.append(time_from)
-    if time_to is not None:
-        where.append(sql.SQL("event_time < %s"))
-        params.append(time_to)
-    after, after_values = AUDIT_KEYSET.after(wanted)
-    where.append(after)
-    statement = _LIST.format(where=sql.SQL(" AND ").join(where), order=AUDIT_KEYSET.order_by())
-    rows = conn.execute(statement, [*params, *after_values, wanted.fetch]).fetchall()
-    page = AUDIT_KEYSET.page(rows, limit, key=lambda row: (row[1], row[0]))
+    page = select_page(conn, _LIST, AUDIT_KEYSET, organization_id, limit=limit,
+                       max_limit=MAX_LIMIT, cursor=cursor, time_from=time_from,
+                       time_to=time_to, equal={
+                           "user_id": user_id, "action": action,
+                           "resource_type": resource_type, "resource_id": resource_id,
+                           "phi_accessed": phi_accessed})
     return {"items": [_item(row) for row in page["items"]], "next_cursor": page["next_cursor"]}
 
 

@@ -24,7 +24,8 @@ from xml.sax.saxutils import quoteattr
 import psycopg
 from psycopg import sql
 
-from atrium.api.pagination import Keyset, PageRequest, decode_cursor
+from atrium.api.pagination import Keyset
+from atrium.auth.audit import select_page
 
 __all__ = ["EXPORT_FORMATS", "ExportPage", "export_page", "fhir_audit_event", "syslog_line"]
 
@@ -220,26 +221,9 @@ def export_page(conn: psycopg.Connection[Any], organization_id: uuid.UUID, *,
     ValueError
         For ``limit`` outside 1..5000 or a naive time (the route validates both first).
     """
-    if not 1 <= limit <= MAX_EXPORT_LIMIT:
-        raise ValueError(f"limit must be between 1 and {MAX_EXPORT_LIMIT}, got {limit}")
-    for name, when in (("time_from", time_from), ("time_to", time_to)):
-        if when is not None and when.tzinfo is None:
-            raise ValueError(f"{name} must be timezone-aware")
-    wanted = PageRequest(limit, decode_cursor(cursor, scope=EXPORT_KEYSET.scope, size=2)
-                         if cursor else None)
-    where: list[sql.Composable] = [sql.SQL("organization_id = %s")]
-    params: list[Any] = [organization_id]
-    if time_from is not None:
-        where.append(sql.SQL("event_time >= %s"))
-        params.append(time_from)
-    if time_to is not None:
-        where.append(sql.SQL("event_time < %s"))
-        params.append(time_to)
-    after, after_values = EXPORT_KEYSET.after(wanted)
-    where.append(after)
-    statement = _PAGE.format(where=sql.SQL(" AND ").join(where), order=EXPORT_KEYSET.order_by())
-    fetched = conn.execute(statement, [*params, *after_values, wanted.fetch]).fetchall()
-    page = EXPORT_KEYSET.page(fetched, limit, key=lambda r: (r[1], r[0]))
+    page = select_page(conn, _PAGE, EXPORT_KEYSET, organization_id, limit=limit,
+                       max_limit=MAX_EXPORT_LIMIT, cursor=cursor, time_from=time_from,
+                       time_to=time_to)
     return ExportPage([_row(r) for r in page["items"]], page["next_cursor"])
 
 
