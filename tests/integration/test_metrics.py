@@ -59,10 +59,15 @@ def one(found: Samples, name: str, **labels: str) -> float:
     return found.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def test_administrators_and_the_scrape_token_may_scrape_no_one_else(
+def test_operators_administrators_and_the_scrape_token_may_scrape_no_one_else(
         node: AtriumUnderTest) -> None:
     assert scrape(node).status_code == 200
     assert scrape(node, f"Bearer {node.token('admin', 'Metrics Org')}").status_code == 200
+    operator = {"Authorization": f"Bearer {node.token('operator', 'Metrics Org')}"}
+    assert scrape(node, operator["Authorization"]).status_code == 200
+    # An operator reads the metrics and nothing else.
+    assert requests.get(f"{node.url}/api/studies", headers=operator,
+                        timeout=30).status_code == 403
     assert scrape(node, f"Bearer {node.token('researcher', 'Metrics Org')}").status_code == 403
     assert scrape(node, f"Bearer {node.token('auditor', 'Metrics Org')}").status_code == 403
     refused = scrape(node, f"Bearer {SCRAPE_TOKEN[:-1]}x")

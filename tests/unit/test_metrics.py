@@ -264,7 +264,7 @@ def test_without_a_configured_token_the_guard_is_unchanged() -> None:
     assert scrape_token_guard(oidc_guard, None) is oidc_guard
 
 
-def test_the_route_is_documented_as_text_for_admins_or_the_scraper() -> None:
+def test_the_route_is_documented_as_text_for_operators_or_the_scraper() -> None:
     class App:
         metrics = Metrics(process=False)
 
@@ -272,7 +272,7 @@ def test_the_route_is_documented_as_text_for_admins_or_the_scraper() -> None:
                                 {"title": "Atrium", "version": "test"})
     validate(document)
     operation = document["paths"]["/api/metrics"]["get"]
-    assert operation["x-atrium-access"] == ["orthanc-admin", "metrics-scraper"]
+    assert operation["x-atrium-access"] == ["read-metrics", "metrics-scraper"]
     assert set(operation["responses"]["200"]["content"]) == {
         "text/plain", "application/openmetrics-text"}
 

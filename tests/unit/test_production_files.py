@@ -24,8 +24,10 @@ LICENSE = ROOT / "LICENSE"
 
 SERVICES = {"orthanc", "postgres", "minio", "keycloak", "ohif"}
 
-# SPEC §7: the roles tokens carry in realm_access.roles.
-SPEC_ROLES = {"admin", "clinician", "researcher", "annotator", "ml-engineer", "auditor"}
+# SPEC §7: the roles tokens carry in realm_access.roles, and the operator who
+# reads the metrics (issue 14).
+SPEC_ROLES = {"admin", "clinician", "researcher", "annotator", "ml-engineer", "auditor",
+              "operator"}
 
 # orthancteam/orthanc tag -> the Orthanc version it ships, from the image's
 # release notes. A new tag must be added here with its Orthanc version before the

@@ -68,8 +68,8 @@ def routes(app: Atrium) -> list[Route]:
 
     return [Route(
         "GET", "/api/metrics", get_metrics, tags=("system",),
-        auth=(Permission.ORTHANC_ADMIN, SCRAPE_TOKEN),
-        summary="Prometheus metrics (admin, or the scrape token)",
+        auth=(Permission.READ_METRICS, SCRAPE_TOKEN),
+        summary="Prometheus metrics (operator or admin, or the scrape token)",
         description="Prometheus' text format, or OpenMetrics when the scraper's Accept "
                     "header asks for it. docs/METRICS.md lists every metric.",
         responses={200: Reply("The metrics", string(), media_type="text/plain",

@@ -35,6 +35,7 @@ class Permission(StrEnum):
     READ_AUDIT = "read-audit"
     MANAGE_ORGANIZATION = "manage-organization"  # organizations, users, deletions
     ORTHANC_ADMIN = "orthanc-admin"  # Orthanc's own REST API and administrative routes
+    READ_METRICS = "read-metrics"  # counts and latencies across organizations, no PHI
 
 
 _READ_AND_ANNOTATE = frozenset({Permission.READ_DEIDENTIFIED, Permission.ANNOTATE})
@@ -52,6 +53,9 @@ ROLE_PERMISSIONS: Mapping[str, frozenset[Permission]] = {
         Permission.READ_DEIDENTIFIED, Permission.REGISTER_MODELS, Permission.WRITE_PREDICTIONS,
     }),
     "auditor": frozenset({Permission.READ_AUDIT}),
+    # Not in SPEC §7: whoever runs the platform watches it (GET /api/metrics) and
+    # reads nothing else.
+    "operator": frozenset({Permission.READ_METRICS}),
 }
 
 KNOWN_ROLES: frozenset[str] = frozenset(ROLE_PERMISSIONS)
