@@ -375,6 +375,7 @@ class Atrium:
         secret = internal_secret(settings.data_dir)
         plugin_root = settings.dicomweb_plugin_root
         forwarder = PluginForwarder(settings.orthanc_url, plugin_root, {INTERNAL_HEADER: secret})
+        metrics = Metrics()  # the gateway counts its requests in it too
         app = cls(settings, orthanc, pool, store, mirror, worker, Router([]),
                   AuditedApi(Router([]), pool.connection),
                   RequestFilter(guard, secret, pool.connection,
@@ -383,8 +384,8 @@ class Atrium:
                                 operators=organization_id_of(pool, settings.default_organization)),
                   DicomWebGateway(guard, pool.connection, forwarder,
                                   public_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root,
-                                  limits=dicom_limits(settings)),
-                  reader, deidentifier, upload_store, identities)
+                                  limits=dicom_limits(settings), observe=metrics.observe_request),
+                  reader, deidentifier, upload_store, identities, metrics=metrics)
         app.slides = SlideLibrary(store, open_dicom=dicom_slides(pool, reader))
         app.router = Router([*health.routes(app), *mirror_status.routes(app),
                              *metrics_routes.routes(app),

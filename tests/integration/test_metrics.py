@@ -3,10 +3,12 @@ present, and the metrics moving under a small load (docs/METRICS.md)."""
 
 from __future__ import annotations
 
+import io
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -110,6 +112,9 @@ def test_the_metrics_are_present_and_move_under_a_small_load(node: AtriumUnderTe
     missing_study = uuid.uuid4()
     assert requests.get(f"{node.url}/api/studies/{missing_study}", headers=admin,
                         timeout=30).status_code == 404
+    study_uid = str(pydicom.dcmread(io.BytesIO(blobs[0])).StudyInstanceUID)
+    assert requests.get(f"{node.url}/dicom-web/studies/{study_uid}/metadata",  # its org's
+                        headers=node.auth(), timeout=30).status_code == 200
     kind = f"metrics_{uuid.uuid4().hex[:6]}"
     node.sql("INSERT INTO jobs (kind, status) VALUES (%s, 'running') RETURNING id", (kind,))
 
@@ -129,7 +134,10 @@ def test_the_metrics_are_present_and_move_under_a_small_load(node: AtriumUnderTe
             >= one(first, "atrium_http_request_duration_seconds_count", **me) + 5)
     assert one(second, "atrium_http_requests_total", method="GET", route="/api/studies/{id}",
                status="404") >= 1
+    assert one(second, "atrium_http_requests_total", method="GET",
+               route="/dicom-web/studies/{study}/metadata", status="200") >= 1
     assert str(missing_study) not in scrape(node).text  # templates, never paths
+    assert study_uid not in scrape(node).text
     assert (one(second, "atrium_audit_rows_total")
             >= one(first, "atrium_audit_rows_total") + 6)
     assert one(second, "atrium_jobs", kind=kind, status="running") == 1

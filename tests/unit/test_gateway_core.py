@@ -7,6 +7,7 @@ import os
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,7 +17,12 @@ from psycopg_pool import PoolTimeout
 from atrium.api.http import Request, Response
 from atrium.auth.internal import INTERNAL_HEADER, internal_secret, is_internal_call
 from atrium.auth.request_filter import OrthancScope, RouteKind, orthanc_scope, route_kind
-from atrium.dicomweb.gateway import DicomWebGateway, _multipart_body, _multipart_parts
+from atrium.dicomweb.gateway import (
+    DicomWebGateway,
+    _multipart_body,
+    _multipart_parts,
+    route_template,
+)
 from atrium.dicomweb.qido import parse_study_query, split_uids, wildcard_to_like
 from atrium.errors import BadRequest, UnsupportedMediaType
 from tests.support.dicomgen import StudySpec, make_study
@@ -144,9 +150,27 @@ def test_an_unreachable_database_is_a_503_to_retry_from_the_gateway(
     def connect() -> None:
         raise PoolTimeout("couldn't get a connection after 5.00 sec")
 
+    observed: list[tuple[Any, ...]] = []
     gateway = DicomWebGateway(DownGuard(), connect, forward=None,  # type: ignore[arg-type]
-                              public_root="/dicom-web", plugin_root="/dicom-web-plugin")
+                              public_root="/dicom-web", plugin_root="/dicom-web-plugin",
+                              observe=lambda *seen: observed.append(seen))
     answer = gateway.handle(Request("GET", "/studies", headers={"authorization": "Bearer x"}))
     assert isinstance(answer, Response) and answer.status == 503
     assert answer.headers["Retry-After"] == "5"
     assert "Traceback" not in caplog.text
+    # Counted for the metrics: a refusal, not an answer withheld for want of its record.
+    [(method, route, status, seconds, withheld)] = observed
+    assert (method, route, status, withheld) == ("GET", "/dicom-web/studies", 503, False)
+    assert seconds >= 0
+
+
+@pytest.mark.parametrize(("path", "template"), [
+    ("/studies", "/dicom-web/studies"),
+    ("/studies/1.2.3/series/4.5/instances/6.7/frames/1,2",
+     "/dicom-web/studies/{study}/series/{series}/instances/{instance}/frames/{frames}"),
+    ("/studies/1.2.3/metadata", "/dicom-web/studies/{study}/metadata"),
+    ("/series", "/dicom-web/series"),
+    ("/studies/1.2.3/secret-name/x", "/dicom-web/studies/{study}/{other}/{other}"),
+])
+def test_dicomweb_routes_are_counted_by_template_never_by_uid(path: str, template: str) -> None:
+    assert route_template("/dicom-web", path) == template

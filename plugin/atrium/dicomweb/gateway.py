@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -36,7 +37,7 @@ from atrium.api.http import Request, Response, problem_response
 from atrium.assignments import claim_study
 from atrium.auth.guard import AuthGuard, Caller
 from atrium.auth.principal import Permission
-from atrium.auth.request_audit import audit_event, recorded_or_withheld
+from atrium.auth.request_audit import RequestObserver, audit_event, recorded_or_withheld
 from atrium.db import unreachable
 from atrium.dicom.scan import DEFAULT_LIMITS, DicomLimits, UnsafeDicom, scan
 from atrium.dicomweb.forward import Forwarded, PluginForwarder, Upstream
@@ -180,10 +181,34 @@ def _failure_item(refused: UnsafeDicom) -> dict[str, Any]:
     return item
 
 
+_RESOURCE_OF = {"studies": "{study}", "series": "{series}", "instances": "{instance}",
+                "frames": "{frames}"}
+_KNOWN_TAILS = frozenset({*_RESOURCE_OF, "metadata", "rendered", "thumbnail", "bulkdata"})
+
+
+def route_template(public_root: str, path: str) -> str:
+    """``/dicom-web/studies/1.2.3/series/4.5`` → ``/dicom-web/studies/{study}/series/{series}``:
+    a DICOMweb request's route for metrics, with no UID in it (nor any other free text)."""
+    template, after = [public_root.rstrip("/")], None
+    for part in (p for p in path.split("/") if p):
+        if after is not None:
+            template.append(after)
+            after = None
+        elif part in _KNOWN_TAILS:
+            template.append(part)
+            after = _RESOURCE_OF.get(part)
+        else:
+            template.append("{other}")
+    return "/".join(template)
+
+
 class DicomWebGateway:
     def __init__(self, guard: AuthGuard, connect: Callable[[], Any], forward: PluginForwarder,
                  *, public_root: str, plugin_root: str,
-                 limits: DicomLimits = DEFAULT_LIMITS) -> None:
+                 limits: DicomLimits = DEFAULT_LIMITS,
+                 observe: RequestObserver | None = None) -> None:
+        self._observe = observe
+        self._public_root_text = public_root
         self._guard = guard
         self._limits = limits
         self._connect = connect
@@ -196,6 +221,17 @@ class DicomWebGateway:
         """``request.path`` is below the public root, e.g. ``/studies``. A
         :class:`MultipartAnswer` is returned only once its audit row is committed;
         its caller sends its parts and closes it."""
+        began = time.perf_counter()
+        sent, withheld = self._answer(request)
+        if self._observe is not None:
+            status = sent.status if isinstance(sent, Response) else 200
+            self._observe(request.method, route_template(self._public_root_text, request.path),
+                          status, time.perf_counter() - began, withheld)
+        return sent
+
+    def _answer(self, request: Request) -> tuple[Response | MultipartAnswer, bool]:
+        """The answer to send, and whether it replaces one withheld for want of its
+        audit row."""
         caller: Caller | None = None
         try:
             caller = self._guard.caller(request.headers.get("authorization"))
@@ -217,12 +253,13 @@ class DicomWebGateway:
             headers=request.headers, resource_type="dicom-web", phi=answer.phi,
             path=request.path[:200], study_instance_uid=answer.study_uid)
         if not isinstance(answer.response, MultipartAnswer):
-            return recorded_or_withheld(self._connect, event, answer.response)
+            sent = recorded_or_withheld(self._connect, event, answer.response)
+            return sent, sent is not answer.response
         outcome = recorded_or_withheld(self._connect, event, _MAY_GO_OUT)
         if outcome is _MAY_GO_OUT:
-            return answer.response
+            return answer.response, False
         answer.response.close()
-        return outcome
+        return outcome, True
 
     def _serve(self, caller: Caller, request: Request) -> _Answer:
         parts = [p for p in request.path.split("/") if p]
