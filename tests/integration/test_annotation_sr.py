@@ -165,3 +165,43 @@ def test_export_follows_scope_and_refuses_what_it_cannot_see(atrium: AtriumUnder
     assert is_problem(Client(atrium, "researcher", org).get(path), 404)
     # Storing is annotating: an ml-engineer may not.
     assert Client(atrium, "ml-engineer", org).post(path).status_code == 403
+
+
+def _new_tracking_uids(dataset: pydicom.Dataset) -> None:
+    """What OHIF's "save as SR" does to measurements it already has: new tracking
+    UIDs (DCM 112040), a new SOP Instance UID."""
+    for item in dataset.get("ContentSequence", []):
+        names = item.get("ConceptNameCodeSequence", [])
+        if names and names[0].CodeValue == "112040":
+            item.UID = pydicom.uid.generate_uid()
+        _new_tracking_uids(item)
+
+
+def test_a_viewers_measurements_saved_as_sr_too_are_not_duplicated(
+        atrium: AtriumUnderTest) -> None:
+    org = unique("Viewer SR ")
+    study = upload_into(atrium, org, StudySpec(patient_id=unique("VSR-"), series=1,
+                                               instances_per_series=2))
+    clinician = Client(atrium, "clinician", org)
+    (label, line), (other_label, other) = SHAPES[0], SHAPES[1]
+    kept = annotate(clinician, "instance", study["instances"][0], label=label,
+                    coordinates=line, properties={"source": "ohif", "ohif_tool": "Length"})
+    assert kept.status_code == 201, kept.text
+    not_the_viewers = annotate(clinician, "instance", study["instances"][1], label=other_label,
+                               coordinates=other)
+    assert not_the_viewers.status_code == 201, not_the_viewers.text
+    exported = clinician.get(f"/api/studies/{study['study']}/annotations/sr")
+    assert exported.headers["Atrium-Annotations"] == "2"
+    document = pydicom.dcmread(io.BytesIO(exported.content))
+    _new_tracking_uids(document)
+    document.SOPInstanceUID = pydicom.uid.generate_uid()
+    document.file_meta.MediaStorageSOPInstanceUID = document.SOPInstanceUID
+    buffer = io.BytesIO()
+    document.save_as(buffer)
+    stow(atrium, org, buffer.getvalue())
+
+    # The viewer's measurement is recognised by its image, frame and points; the
+    # other one, whose tracking UID no longer names it, is imported as a new one.
+    assert sr_import(atrium, str(document.SOPInstanceUID)) == ("imported", 1)
+    imported = [a for a in live(clinician, study) if a["properties"].get("source") == "dicom-sr"]
+    assert [a["target_id"] for a in imported] == [study["instances"][1]]

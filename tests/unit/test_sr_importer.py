@@ -54,3 +54,18 @@ def test_a_shape_the_api_would_refuse_is_skipped_with_a_reason(
     assert created is None and phi is False
     assert reason is not None and why in reason
     assert len(conn.statements) == 1  # the image was looked up, nothing else
+
+
+def test_a_shape_is_the_same_within_a_twentieth_of_a_pixel_and_otherwise_not() -> None:
+    from atrium.annotations.importer import same_shape
+
+    line = {"type": "polyline", "points": [{"x": 1, "y": 1}, {"x": 9.25, "y": 12}], "frame": 2}
+    as_float32 = {"type": "polyline", "points": [{"x": 1.0000001, "y": 1},
+                                                 {"x": 9.2500002, "y": 12.0}], "frame": 2}
+    assert same_shape(line, as_float32)
+    assert not same_shape(line, {**line, "frame": 3})
+    assert not same_shape(line, {**line, "type": "polygon"})
+    assert not same_shape(line, {"type": "polyline", "points": line["points"]})  # no frame
+    assert not same_shape(line, {**line, "points": [{"x": 1, "y": 1}, {"x": 9.4, "y": 12}]})
+    assert not same_shape(line, {**line, "points": line["points"][:1]})
+    assert not same_shape({"closed": True}, {"closed": 1})

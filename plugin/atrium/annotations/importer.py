@@ -12,7 +12,9 @@ creates its annotations, so an SR is imported once however often it arrives or
 the change log is replayed. A group that Atrium itself exported (its tracking UID
 is an annotation's id) is skipped while that annotation is live: storing an
 export must not duplicate what it came from, while re-sending it after the
-annotations were deleted brings them back.
+annotations were deleted brings them back. Likewise a group whose image, frame and
+points are those of a live measurement the OHIF viewer keeps in Atrium (its
+"save as SR" of what it already saved here) is skipped.
 """
 
 from __future__ import annotations
@@ -58,6 +60,17 @@ SELECT 1 FROM annotations
 WHERE root_id = %s AND organization_id = %s AND is_latest AND deleted_at IS NULL
 """
 
+# The measurements the viewer keeps in Atrium itself (docs/VIEWER.md) on one image.
+_LIVE_FROM_VIEWER = """
+SELECT coordinates FROM annotations
+WHERE target_id = %s AND target_type = 'instance' AND organization_id = %s
+  AND is_latest AND deleted_at IS NULL AND properties ->> 'source' = 'ohif'
+"""
+
+SAME_POINT_PIXELS = 0.05
+"""Coordinates closer than this are the same: a viewer's SR stores its points as
+32-bit floats, its annotation as rounded decimals."""
+
 MAX_ATTEMPTS = 3
 """Reads of an SR's file that may fail (Orthanc busy, file being written) before
 the SR is recorded as ``failed`` rather than retried for ever."""
@@ -95,6 +108,34 @@ def _record(conn: Any, candidate: SrCandidate, outcome: str, created: int,
     return row is not None
 
 
+def same_shape(a: Any, b: Any, tolerance: float = SAME_POINT_PIXELS) -> bool:
+    """Whether two coordinate documents describe the same shape: the same keys and
+    strings, numbers within ``tolerance`` of each other."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same_shape(a[k], b[k], tolerance) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(same_shape(x, y, tolerance)
+                                        for x, y in zip(a, b, strict=True))
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    if isinstance(a, int | float) and isinstance(b, int | float):
+        return abs(a - b) <= tolerance
+    return bool(a == b)
+
+
+def _kept_by_the_viewer(conn: Any, target_id: uuid.UUID, organization_id: uuid.UUID,
+                        coordinates: Any) -> bool:
+    """Whether the viewer already keeps this measurement as a live annotation: its
+    "save as SR" gives each measurement a new tracking UID, so only the image, frame
+    and points tell that a group is one Atrium has."""
+    def drawn(shape: Any) -> Any:  # the bounding box is the server's, not the drawing
+        return {k: v for k, v in shape.items() if k != "bounding_box"} if isinstance(
+            shape, dict) else shape
+
+    return any(same_shape(drawn(kept), drawn(coordinates)) for (kept,) in conn.execute(
+        _LIVE_FROM_VIEWER, (target_id, organization_id)))
+
+
 def _import_one(conn: Any, candidate: SrCandidate, measurement: ImportedMeasurement
                 ) -> tuple[uuid.UUID | None, bool, str | None]:
     """The annotation made from one group, whether it is PHI, or why none was made."""
@@ -110,6 +151,9 @@ def _import_one(conn: Any, candidate: SrCandidate, measurement: ImportedMeasurem
     wrong = field_errors(_SHAPE, measurement.coordinates, "body")
     if wrong:
         return None, False, f"shape refused: {wrong[0].field or 'coordinates'} {wrong[0].message}"
+    if _kept_by_the_viewer(conn, target.id, candidate.organization_id,
+                           measurement.coordinates):
+        return None, False, None  # the viewer's own measurement, saved as SR too
     properties: dict[str, Any] = {"source": "dicom-sr",
                                   "sr_sop_instance_uid": candidate.sop_instance_uid}
     if measurement.tracking_uid:
