@@ -134,11 +134,14 @@ def _serve(settings: Settings, orthanc: OrthancProcess) -> int:
     else:
         how = ("TOKEN=$(.venv/bin/atrium token --user alice --role admin "
                f"--org {settings.default_organization})")
+    sign_in = ("sign in with the identity provider" if settings.oidc_issuer
+               else "sign in on the local form: any user, organization and role")
     print(f"""
 Atrium is running (Ctrl-C stops everything).
   REST API   {url}/api/health   {url}/api/openapi.json   {url}/api/me
   Orthanc    {url}/ (administrators' tokens only)
   DICOMweb   {url}/dicom-web/
+  Viewer     {url}/viewer/ (OHIF; {sign_in})
   DICOM      AE title {settings.orthanc_aet} on 127.0.0.1:{settings.orthanc_dicom_port}
   Logs       {orthanc.logfile}
   Token      {how}
