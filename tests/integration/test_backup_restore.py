@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from atrium.backup.basebackup import base_backups, runs
 from atrium.backup.restore import restore
 from atrium.backup.schedule import BackupKind, Schedule
 from atrium.backup.service import archive_settings, run_backup
-from atrium.devenv import LocalCluster, OrthancProcess, postgres_tool
+from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, postgres_tool
 from atrium.migrations import apply_migrations
 from tests.conftest import free_port
 from tests.integration.conftest import AtriumUnderTest, _start
@@ -34,6 +35,21 @@ from tests.integration.s3server import S3Server
 from tests.support.dicomgen import StudySpec, make_study
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True, scope="module")
+def checkout_reachable_by_the_server() -> None:
+    """archive_command and restore_command run as PostgreSQL's system user (postgres,
+    when the tests run as root), which must reach this checkout's Python: a clone
+    in a directory only root may enter (``mktemp -d``) is opened for entering, as
+    an installation would be."""
+    if os.geteuid() != 0:
+        return
+    for top in {REPO_ROOT.resolve(), Path(sys.prefix).resolve()}:
+        for directory in (top, *top.parents):
+            mode = directory.stat().st_mode
+            if not mode & stat.S_IXOTH:
+                directory.chmod(mode | stat.S_IXOTH)
 
 
 def archiving_cluster(root: Path, config: ArchiveConfig) -> LocalCluster:

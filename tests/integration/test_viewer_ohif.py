@@ -27,13 +27,12 @@ import requests
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
 from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
 from atrium.devenv import REPO_ROOT
 from tests.integration.conftest import AtriumUnderTest
-from tests.support.browser import CHROMEDRIVER, CHROMIUM, needs_chromium
+from tests.support.browser import headless_chromium, needs_chromium
 from tests.support.dicomgen import StudySpec, make_instance, make_study
 
 pytestmark = [pytest.mark.integration, needs_chromium]
@@ -70,19 +69,8 @@ def browser() -> Iterator[webdriver.Chrome]:
 @contextmanager
 def chromium() -> Iterator[webdriver.Chrome]:
     """Headless Chromium; OHIF's viewport needs WebGL, drawn here by SwiftShader."""
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--window-size=1400,900", "--force-device-scale-factor=1",
-                     "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
-                     "--hide-scrollbars", "--no-first-run", "--disable-extensions"):
-        options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    try:
+    with headless_chromium((1400, 900), webgl=True) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def save(driver: webdriver.Chrome, directory: Path, name: str) -> None:

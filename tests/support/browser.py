@@ -45,13 +45,17 @@ needs_chromium = pytest.mark.skipif(
 
 
 @contextmanager
-def headless_chromium(window: tuple[int, int] = WINDOW) -> Iterator[webdriver.Chrome]:
+def headless_chromium(window: tuple[int, int] = WINDOW, *, webgl: bool = False
+                      ) -> Iterator[webdriver.Chrome]:
+    """Debian's Chromium, headless; ``webgl``: drawn by SwiftShader on the CPU (a
+    viewer's WebGL canvases need it here)."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    gl = ("--use-gl=swiftshader", "--enable-unsafe-swiftshader") if webgl else ()
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      f"--window-size={window[0]},{window[1]}",
                      "--force-device-scale-factor=1", "--hide-scrollbars",
-                     "--no-first-run", "--disable-extensions"):
+                     "--no-first-run", "--disable-extensions", *gl):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))

@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -90,12 +92,34 @@ def ensure_ready(store: ObjectStore) -> None:
 
 def prepare_for_server(store: ObjectStore, owner: tuple[int, int] | None) -> None:
     """Make the store ready for ``archive_command``, which runs as the server's
-    system user ``owner`` (uid, gid): on disk, that user must write ``wal/``."""
+    system user ``owner`` (uid, gid): on disk, that user must write ``wal/``, and
+    it must be able to run this Python with Atrium on its path.
+
+    Raises
+    ------
+    ArchiveError
+        ``owner`` cannot run Atrium's Python (a checkout in a directory only its
+        owner may enter), naming the directory to open.
+    """
+    _check_runnable_by(owner)
     ensure_ready(store)
     if isinstance(store, FileObjectStore) and owner is not None:
         (store.root / "wal").mkdir(parents=True, exist_ok=True)
         for directory in (store.root, store.root / "wal"):
             os.chown(directory, *owner)
+
+
+def _check_runnable_by(owner: tuple[int, int] | None) -> None:
+    if owner is None or os.geteuid() != 0 or owner[0] == 0:
+        return
+    probe = subprocess.run([sys.executable, "-c", "import atrium.backup.wal"],
+                           user=owner[0], group=owner[1], capture_output=True, timeout=60,
+                           cwd="/", check=False)
+    if probe.returncode != 0:
+        raise ArchiveError(
+            f"PostgreSQL's system user (uid {owner[0]}) cannot run {sys.executable} with "
+            f"Atrium, which archive_command needs: let it enter the directories above "
+            f"the installation (chmod o+x) — {probe.stderr.decode(errors='replace')[-200:]}")
 
 
 def list_objects(store: ObjectStore, prefix: str) -> Iterator[tuple[str, int]]:
