@@ -28,7 +28,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,9 +38,8 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atrium.auth.dev_issuer import load_or_create  # noqa: E402
-from atrium.devenv import LocalCluster  # noqa: E402
+from bench.common import private_cluster  # noqa: E402
 from bench.search import percentile, start  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
 
 ORG = "Bench Pathology"
 WIDTH, HEIGHT = 100_000, 80_000
@@ -200,11 +198,7 @@ def main() -> int:
     parser.add_argument("--slides", type=int, default=100)
     parser.add_argument("--creates", type=int, default=2_000)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="atrium-bench-annotations-"))
-    root.chmod(0o755)
-    cluster = LocalCluster(root / "pg", port=free_port())
-    cluster.init()
-    cluster.start()
+    root, cluster = private_cluster("atrium-bench-annotations-")
     process = None
     try:
         process, database_url = start(root, cluster)

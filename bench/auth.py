@@ -30,7 +30,6 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from atrium.auth.dev_issuer import load_or_create  # noqa: E402
 from atrium.auth.internal import INTERNAL_HEADER, internal_secret  # noqa: E402
 from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, orthanc_config  # noqa: E402
 from atrium.migrations import apply_migrations  # noqa: E402
+from bench.common import private_cluster  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.support.dicomgen import StudySpec, make_study  # noqa: E402
 
@@ -81,11 +81,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="atrium-bench-auth-"))
-    root.chmod(0o755)
-    cluster = LocalCluster(root / "pg", port=free_port())
-    cluster.init()
-    cluster.start()
+    root, cluster = private_cluster("atrium-bench-auth-")
     orthanc = None
     try:
         cluster.ensure_database("index")

@@ -27,7 +27,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from atrium.devenv import (  # noqa: E402
     wait_until,
 )
 from atrium.migrations import apply_migrations  # noqa: E402
+from bench.common import private_cluster  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.support.dicomgen import StudySpec, make_instance, write_files  # noqa: E402
 
@@ -187,11 +187,7 @@ def main() -> int:
                         help="times each identifier is sent per round")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="atrium-bench-cfind-"))
-    root.chmod(0o755)
-    cluster = LocalCluster(root / "pg", port=free_port())
-    cluster.init()
-    cluster.start()
+    root, cluster = private_cluster("atrium-bench-cfind-")
     processes: list[OrthancProcess] = []
     try:
         plain, plain_port, _ = start(root, cluster, "plain", with_atrium=False)

@@ -8,6 +8,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
@@ -26,6 +27,17 @@ from tests.conftest import free_port  # noqa: E402
 def percentile(values: Sequence[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(int(round(q * (len(ordered) - 1))), len(ordered) - 1)]
+
+
+def private_cluster(prefix: str) -> tuple[Path, LocalCluster]:
+    """A new temporary directory (open for PostgreSQL's system user to enter) and a
+    private PostgreSQL cluster started in its ``pg/``; the caller stops both."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    cluster = LocalCluster(root / "pg", port=free_port())
+    cluster.init()
+    cluster.start()
+    return root, cluster
 
 
 def start_atrium(root: Path, cluster: LocalCluster, name: str) -> OrthancProcess:

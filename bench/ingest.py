@@ -25,7 +25,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +46,7 @@ from atrium.devenv import (  # noqa: E402
     wait_until,
 )
 from atrium.migrations import apply_migrations  # noqa: E402
+from bench.common import private_cluster  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.support.dicomgen import StudySpec, make_instance, write_files  # noqa: E402
 
@@ -187,11 +187,7 @@ def main() -> int:
                         help="REST rounds, alternating which Orthanc goes first")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="atrium-bench-"))
-    root.chmod(0o755)
-    cluster = LocalCluster(root / "pg", port=free_port())
-    cluster.init()
-    cluster.start()
+    root, cluster = private_cluster("atrium-bench-")
     processes: list[OrthancProcess] = []
     try:
         rounds = [generate(args.instances, f"REST{r}") for r in range(args.rounds)]

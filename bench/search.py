@@ -26,7 +26,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +48,7 @@ from atrium.devenv import (  # noqa: E402
     wait_until,
 )
 from atrium.migrations import apply_migrations  # noqa: E402
+from bench.common import private_cluster  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.support.dicomgen import StudySpec, make_instance  # noqa: E402
 
@@ -252,11 +252,7 @@ def main() -> int:
                              "and print its URL, to EXPLAIN the searches; stop it with "
                              "pg_ctl (as the postgres user when run as root)")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="atrium-bench-search-"))
-    root.chmod(0o755)
-    cluster = LocalCluster(root / "pg", port=free_port())
-    cluster.init()
-    cluster.start()
+    root, cluster = private_cluster("atrium-bench-search-")
     process = None
     database_url = None
     try:

@@ -243,16 +243,10 @@ def api_part(data: Path, hours: float, windows_per_round: int, rounds: int) -> N
     import requests
 
     from atrium.auth.dev_issuer import load_or_create
-    from atrium.devenv import LocalCluster
     from atrium.signals.store import read_window
-    from bench.common import PeakMemory, percentile, start_atrium, upload
-    from tests.conftest import free_port
+    from bench.common import PeakMemory, percentile, private_cluster, start_atrium, upload
 
-    root = Path(tempfile.mkdtemp(prefix="atrium-bench-signals-"))
-    root.chmod(0o755)
-    cluster = LocalCluster(root / "pg", port=free_port())
-    cluster.init()
-    cluster.start()
+    root, cluster = private_cluster("atrium-bench-signals-")
     process = None
     try:
         edf = root / "holter.edf"

@@ -33,7 +33,6 @@ import random
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -49,12 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugin"))
 
 from atrium.auth.dev_issuer import load_or_create  # noqa: E402
-from atrium.devenv import LocalCluster  # noqa: E402
 from atrium.slides.source import StoreSource  # noqa: E402
 from atrium.slides.tiff import open_tiff_slide  # noqa: E402
 from atrium.storage import FileObjectStore  # noqa: E402
-from bench.common import PeakMemory, percentile, start_atrium, upload  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from bench.common import (  # noqa: E402
+    PeakMemory,
+    percentile,
+    private_cluster,
+    start_atrium,
+    upload,
+)
 from tests.support.slidegen import write_big_jpeg_pyramid  # noqa: E402
 
 CLIENTS = 4
@@ -177,11 +180,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--chunk-mib", type=int, default=64)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="atrium-bench-slides-"))
-    root.chmod(0o755)
-    cluster = LocalCluster(root / "pg", port=free_port())
-    cluster.init()
-    cluster.start()
+    root, cluster = private_cluster("atrium-bench-slides-")
     process = None
     try:
         path = root / "slide.tiff"

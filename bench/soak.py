@@ -43,7 +43,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
@@ -63,8 +62,13 @@ from atrium.auth.audit import verify_chain  # noqa: E402
 from atrium.auth.dev_issuer import load_or_create  # noqa: E402
 from atrium.auth.internal import INTERNAL_HEADER, internal_secret  # noqa: E402
 from atrium.devenv import LocalCluster, wait_until  # noqa: E402
-from bench.common import MemorySamples, percentile, start_atrium, stow_body  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from bench.common import (  # noqa: E402
+    MemorySamples,
+    percentile,
+    private_cluster,
+    start_atrium,
+    stow_body,
+)
 from tests.support.dicomgen import StudySpec, make_study  # noqa: E402
 
 ORG = "Bench Soak"
@@ -462,11 +466,7 @@ def main() -> int:
     args = parser.parse_args()
     duration = args.minutes * 60
     warmup = min(60.0, duration / 4)
-    root = Path(tempfile.mkdtemp(prefix="atrium-bench-soak-"))
-    root.chmod(0o755)
-    cluster = LocalCluster(root / "pg", port=free_port())
-    cluster.init()
-    cluster.start()
+    root, cluster = private_cluster("atrium-bench-soak-")
     process = None
     try:
         process = start_atrium(root, cluster, "soak")
