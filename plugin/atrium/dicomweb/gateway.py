@@ -208,7 +208,6 @@ class DicomWebGateway:
                  limits: DicomLimits = DEFAULT_LIMITS,
                  observe: RequestObserver | None = None) -> None:
         self._observe = observe
-        self._public_root_text = public_root
         self._guard = guard
         self._limits = limits
         self._connect = connect
@@ -225,7 +224,7 @@ class DicomWebGateway:
         sent, withheld = self._answer(request)
         if self._observe is not None:
             status = sent.status if isinstance(sent, Response) else 200
-            self._observe(request.method, route_template(self._public_root_text, request.path),
+            self._observe(request.method, route_template(self._public_root.decode(), request.path),
                           status, time.perf_counter() - began, withheld)
         return sent
 
