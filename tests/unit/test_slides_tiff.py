@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import struct
-import time
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
@@ -27,7 +26,6 @@ from atrium.slides.tiled import (
     StoredLevel,
     TiledSlideReader,
     TiledSource,
-    encode_image,
     resized,
     standalone_jpeg,
     thumbnail,
@@ -358,34 +356,6 @@ def test_opening_a_large_slide_and_reading_a_tile_reads_a_small_fraction(
     # One 64 KiB block per level's IFD (and its tile offsets), one read for the tile.
     assert source.bytes_read < size / 50 and source.reads <= 2 * 7 + 1, \
         (source.bytes_read, source.reads)
-
-
-def test_measure_tile_costs(big_slide: tuple[FileObjectStore, str, int],
-                            capsys: pytest.CaptureFixture[str]) -> None:
-    """Prints what one tile costs in process (no assertion: the bench/ figures count)."""
-    store, name, size = big_slide
-    reader = open_tiff_slide(StoreSource(store, name, size))
-    rates: dict[str, float] = {}
-    for label, make in {
-        "passthrough jpeg": lambda i: reader.tile(0, i % 40, 1 + i // 40 % 40, "jpeg"),
-        "edge tile re-encoded jpeg": lambda i: reader.tile(0, 46, i % 46, "jpeg"),
-        "interior tile as png": lambda i: reader.tile(0, i % 40, 1, "png"),
-        "resampled tile (512 px region to 256 px jpeg)": lambda i: encode_image(
-            resized(reader.region(0, i % 20 * 512, 512, 512, 512), 256, 256), "jpeg"),
-    }.items():
-        # The best of a few short batches: the machine is shared, and the cost of the
-        # code is what is wanted, not the neighbours' load.
-        count = 0
-        for _ in range(5):
-            batch, start = 0, time.perf_counter()
-            while time.perf_counter() - start < 0.1:
-                make(count + batch)
-                batch += 1
-            count += batch
-            rates[label] = max(rates.get(label, 0.0), batch / (time.perf_counter() - start))
-    with capsys.disabled():
-        print("\nin-process tile rate (one thread): " + ", ".join(
-            f"{label} {rate:.0f}/s ({1000 / rate:.2f} ms)" for label, rate in rates.items()))
 
 
 # --- Hostile files ---------------------------------------------------------------------
