@@ -50,6 +50,8 @@ from atrium.auth.request_audit import AuditedApi
 from atrium.auth.request_filter import RequestFilter
 from atrium.auth.tokens import validator_for
 from atrium.cache import ByteLru
+from atrium.cluster.bus import ClusterBus, publish
+from atrium.cluster.leadership import Leadership
 from atrium.db import open_pool
 from atrium.dicom.scan import DEFAULT_LIMITS, DicomLimits
 from atrium.dicomnet.policy import AetPolicy
@@ -324,6 +326,10 @@ class Atrium:
     metrics: Metrics = field(default_factory=Metrics)
     upkeep: ScheduledTask | None = None  # partitions ahead and retention (atrium.operations)
     audit_anchor: ScheduledTask | None = None  # signed checkpoints of the audit chain
+    # Messages between the nodes sharing the database: cache invalidation, the
+    # mirror's cue (atrium.cluster.bus); None only in tests that build parts.
+    bus: ClusterBus | None = None
+    job_recovery: ScheduledTask | None = None  # jobs of a node that died, taken over
 
     @classmethod
     def build(cls, settings: Settings, orthanc: OrthancApi) -> Atrium:
@@ -331,15 +337,20 @@ class Atrium:
         store = open_settings_store(settings)
         reader = orthanc_client(settings)
         mirror = build_mirror(settings, pool, reader, store=store)
-        runner = Runner.for_node(settings.orthanc_http_port)
+        runner = Runner.for_node(settings.orthanc_http_port,
+                                 beat_seconds=settings.job_heartbeat_seconds)
         deidentifier = jobs.Deidentifier(pool.connection, lambda: reader, runner)
         upload_store = UploadStore(pool.connection, store, upload_limits(settings))
+        # Several nodes on one database: one leads the mirror, all hear of changes
+        # that their caches must not miss (docs/SCALING.md).
+        leadership = Leadership(settings.database_url, runner.node)
+        bus = ClusterBus(settings.database_url, runner.node)
 
         def recover_jobs() -> None:
-            """Jobs orphaned by a crash or restart: de-identification resumes, platform
-            jobs fail with advice (atrium.jobs)."""
+            """Jobs orphaned by a crash or restart, here or on a node that died:
+            de-identification resumes, platform jobs fail with advice (atrium.jobs)."""
             recover_orphans(pool.connection, runner, {"deidentify": deidentifier.resume},
-                            advice=INTERRUPTED_ADVICE)
+                            advice=INTERRUPTED_ADVICE, stale_seconds=settings.job_stale_seconds)
 
         def prepare() -> None:
             apply_migrations(settings.owner_url)
@@ -354,6 +365,9 @@ class Atrium:
                 mirror.guard.recover(mirror.file_tags)
             recover_jobs()
             upload_store.expire()
+
+        def lead() -> None:
+            """What the node that begins leading the mirror does first."""
             if needs_backfill(mirror):
                 log.info("mirror.backfill reason=first start over a non-empty Orthanc")
                 backfill(mirror, pool.connection, runner=runner)
@@ -367,10 +381,22 @@ class Atrium:
                 log.warning("mirror.full_check differences=%d", len(report.differences))
                 repair(report, mirror)
 
+        def announce(event: str) -> None:
+            try:
+                with pool.connection() as conn:
+                    publish(conn, "mirror", event)
+            except Exception as exc:  # noqa: BLE001 - the leader's poll covers a lost cue
+                log.warning("bus.publish_failed topic=mirror error=%r", exc)
+
         worker = MirrorWorker(mirror, prepare=prepare, full_check=full_check,
                               poll_seconds=settings.mirror_poll_seconds,
-                              full_check_seconds=settings.mirror_full_check_seconds)
+                              full_check_seconds=settings.mirror_full_check_seconds,
+                              leadership=leadership, on_lead=lead, announce=announce)
+        bus.subscribe("mirror", lambda event: (worker.notify_elsewhere() if event == "stored"
+                                               else mirror.forget_headers()),
+                      resync=mirror.forget_headers)
         identities = Identities(pool.connection)
+        bus.subscribe("identities", lambda _: identities.forget(), resync=identities.forget)
         guard = AuthGuard(validator_for(settings).validate, identities)
         secret = internal_secret(settings.data_dir)
         plugin_root = settings.dicomweb_plugin_root
@@ -385,7 +411,7 @@ class Atrium:
                   DicomWebGateway(guard, pool.connection, forwarder,
                                   public_root=PUBLIC_DICOMWEB_ROOT, plugin_root=plugin_root,
                                   limits=dicom_limits(settings), observe=metrics.observe_request),
-                  reader, deidentifier, upload_store, identities, metrics=metrics)
+                  reader, deidentifier, upload_store, identities, metrics=metrics, bus=bus)
         app.slides = SlideLibrary(store, open_dicom=dicom_slides(pool, reader))
         app.router = Router([*health.routes(app), *mirror_status.routes(app),
                              *metrics_routes.routes(app),
@@ -415,6 +441,9 @@ class Atrium:
             pool.connection, lambda: int(orthanc.get_json("/changes?last").get("Last", 0)),
             worker))
         app.upkeep, app.audit_anchor = operations_tasks(app, lambda: worker.prepared)
+        app.job_recovery = ScheduledTask("job-recovery", recover_jobs,
+                                         every_seconds=settings.job_stale_seconds / 3,
+                                         ready=lambda: worker.prepared)
         app.dicom = dicom_network(settings, pool)
         app.dicom_limits = dicom_limits(settings)
         app.sr_importer = SrImporter(
@@ -430,11 +459,19 @@ class Atrium:
         app.waveform_registry = WaveformRegistry(
             pool.connection, lambda orthanc_id: reader.get_bytes(f"/instances/{orthanc_id}/file"),
             ready=lambda: worker.prepared, limits=app.dicom_limits)
+        # Work that must run once in a cluster runs on the mirror's leader; a standby
+        # takes it over with the lead (docs/SCALING.md).
+        for once in (app.upkeep, app.audit_anchor, app.sr_importer, app.wsi_registry,
+                     app.ann_importer, app.waveform_registry):
+            if once is not None:
+                once.only_while(lambda: worker.leading)
         return app
 
     def start(self) -> None:
+        if self.bus is not None:
+            self.bus.start()
         self.worker.start()
-        for task in (self.upkeep, self.audit_anchor):
+        for task in (self.upkeep, self.audit_anchor, self.job_recovery):
             if task is not None:
                 task.start()
         if self.dicom is not None:
@@ -457,8 +494,10 @@ class Atrium:
             self.ann_importer.stop()
         if self.waveform_registry is not None:
             self.waveform_registry.stop()
-        for task in (self.upkeep, self.audit_anchor):
+        for task in (self.upkeep, self.audit_anchor, self.job_recovery):
             if task is not None:
                 task.stop()  # the anchor's last checkpoint, at shutdown
-        self.worker.stop()
+        self.worker.stop()  # gives the lead up: a standby takes over at once
+        if self.bus is not None:
+            self.bus.stop()
         self.pool.close()

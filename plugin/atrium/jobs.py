@@ -20,8 +20,9 @@ runner (written before runners were recorded, sql/0016). :func:`recover_orphans`
 claims orphans with ``FOR UPDATE SKIP LOCKED`` — a job is claimed by one node,
 and a job a live process still runs is never touched — and hands each to the
 handler of its kind; a kind without one is failed with a reason a user can act
-on. Atrium looks at start-up (after migrations) and at every periodic full check
-(:mod:`atrium.app`). Per kind: ``deidentify`` is resumed
+on. Every node looks at start-up (after migrations) and then every third of the
+stale period (:mod:`atrium.app`; ``ATRIUM_JOB_HEARTBEAT_SECONDS`` and
+``ATRIUM_JOB_STALE_SECONDS`` set both periods). Per kind: ``deidentify`` is resumed
 (:meth:`atrium.api.jobs.Deidentifier.resume`); ``backfill`` and ``reconcile`` are
 failed with :data:`INTERRUPTED_ADVICE` — the mirror's replay of Orthanc's changes
 covers their data. docs/API.md ("Jobs") says the same for users.
@@ -79,12 +80,13 @@ class Runner:
         self._stop = threading.Event()
 
     @classmethod
-    def for_node(cls, orthanc_http_port: int) -> Runner:
+    def for_node(cls, orthanc_http_port: int, beat_seconds: float = HEARTBEAT_SECONDS
+                 ) -> Runner:
         """The runner of Atrium inside Orthanc: the node is this host and Orthanc's
         port (several Orthancs may share a host). Orchestrators should give nodes
         stable host names (compose ``hostname:``) so that a restarted node finds
         its own orphans at once rather than after :data:`STALE_SECONDS`."""
-        return cls(f"{socket.gethostname()}:{orthanc_http_port}")
+        return cls(f"{socket.gethostname()}:{orthanc_http_port}", beat_seconds)
 
     @classmethod
     def for_process(cls) -> Runner:

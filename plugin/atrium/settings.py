@@ -49,6 +49,8 @@ _CONFIG_KEYS: dict[str, str] = {
     "ATRIUM_MIRROR_BATCH_SIZE": "MirrorBatchSize",
     "ATRIUM_MIRROR_POLL_SECONDS": "MirrorPollSeconds",
     "ATRIUM_MIRROR_FULL_CHECK_SECONDS": "MirrorFullCheckSeconds",
+    "ATRIUM_JOB_HEARTBEAT_SECONDS": "JobHeartbeatSeconds",
+    "ATRIUM_JOB_STALE_SECONDS": "JobStaleSeconds",
     "ATRIUM_DICOM_MAX_DEPTH": "DicomMaxDepth",
     "ATRIUM_UPLOAD_MAX_REQUEST_BYTES": "UploadMaxRequestBytes",
     "ATRIUM_UPLOAD_MAX_BYTES": "UploadMaxBytes",
@@ -106,6 +108,10 @@ class Settings:
     mirror_batch_size: int = 500
     mirror_poll_seconds: float = 5.0
     mirror_full_check_seconds: float = 3600.0
+    # A running job's process stamps it every job_heartbeat_seconds; a job silent
+    # for job_stale_seconds is taken over by another node (atrium.jobs).
+    job_heartbeat_seconds: float = 10.0
+    job_stale_seconds: float = 60.0
     # How deep DICOM sequences may nest in a file Atrium lets a parser see
     # (atrium/dicom/scan.py); deeper files are refused at the edge or quarantined.
     dicom_max_depth: int = 64
@@ -456,6 +462,8 @@ def load_settings(
     viewer_raw = raw("ATRIUM_VIEWER_DIR")
     viewer_dir = (base / viewer_raw).resolve() if viewer_raw else None
     org_claim = raw("ATRIUM_ORG_CLAIM") or "organization"
+    job_heartbeat = _parse_float("ATRIUM_JOB_HEARTBEAT_SECONDS",
+                                 raw("ATRIUM_JOB_HEARTBEAT_SECONDS") or "10", 0.5, 3600)
 
     # Last: the default names the private cluster's password file, which it creates,
     # and nothing is created before every other setting is known to be valid.
@@ -494,6 +502,10 @@ def load_settings(
             1,
             7 * 86400,
         ),
+        job_heartbeat_seconds=job_heartbeat,
+        job_stale_seconds=_parse_float(
+            "ATRIUM_JOB_STALE_SECONDS", raw("ATRIUM_JOB_STALE_SECONDS") or "60",
+            3 * job_heartbeat, 86400),
         dicom_max_depth=_parse_int(
             "ATRIUM_DICOM_MAX_DEPTH", raw("ATRIUM_DICOM_MAX_DEPTH") or "64", 1, 1_000_000),
         upload_max_request_bytes=_parse_int(

@@ -2,7 +2,8 @@
 importers, the DICOM WSI registry.
 
 Each is a daemon thread off Orthanc's store path. It waits until ``ready()`` (the
-schema is migrated by the mirror's start-up), then calls ``step()``: again at once
+schema is migrated by the mirror's start-up), then — while ``only_while``'s
+condition holds, if one is set — calls ``step()``: again at once
 after a full batch, else after ``poll_seconds``. It outlives any failure — a
 database down for an hour — with one log line per attempt and a backoff doubling
 up to 30 s, never a traceback per poll.
@@ -33,6 +34,13 @@ class PollingWorker:
         self._batch = batch
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._active: Callable[[], bool] = lambda: True
+
+    def only_while(self, active: Callable[[], bool]) -> PollingWorker:
+        """Step only while ``active()`` holds: work that must run once in a cluster
+        runs on the mirror's leader (docs/SCALING.md). Returns the worker."""
+        self._active = active
+        return self
 
     def step(self) -> int:
         """Look at up to one batch of work; how many items were looked at."""
@@ -57,6 +65,9 @@ class PollingWorker:
                 return
         backoff = self._poll_seconds
         while not self._stop.is_set():
+            if not self._active():
+                self._stop.wait(min(self._poll_seconds, 1.0))
+                continue
             try:
                 busy = self.busy(self.step())
                 backoff = self._poll_seconds

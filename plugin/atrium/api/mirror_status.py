@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from atrium.api.http import Reply, Request, Response, Route, json_response
 from atrium.api.schema import obj
 from atrium.auth.principal import Permission
+from atrium.cluster.leadership import leader_of
 from atrium.errors import ServiceUnavailable
 from atrium.mirror.quarantine import quarantine_listing
 from atrium.orthanc_api import OrthancApi
@@ -44,6 +45,7 @@ def mirror_status(orthanc: OrthancApi, pool: Any, worker: MirrorWorker | None = 
                 _MIRROR_COUNTS).fetchone()
             backfill = conn.execute(_LAST_BACKFILL).fetchone()
             quarantine = quarantine_listing(conn)
+            leader = leader_of(conn)
     except Exception as exc:
         raise ServiceUnavailable(f"The mirror database is unreachable ({type(exc).__name__})."
                                  ) from exc
@@ -57,6 +59,10 @@ def mirror_status(orthanc: OrthancApi, pool: Any, worker: MirrorWorker | None = 
                                     if last_success else None),
         "last_error": worker.last_error if worker else None,
         "pending_deletions": worker.pending_deletions if worker else None,
+        # Which node writes the mirror (docs/SCALING.md): None while none does.
+        "leader": leader,
+        "node": worker.leadership.node if worker and worker.leadership else None,
+        "leading": worker.leading if worker else None,
         "orthanc": {"patients": stats.get("CountPatients"),
                     "studies": stats.get("CountStudies"),
                     "series": stats.get("CountSeries"),

@@ -43,6 +43,7 @@ from atrium.api.http import (
 from atrium.api.pagination import PAGE_PARAMETERS, Keyset, page_schema
 from atrium.api.schema import date_time, enum, nullable, obj, string, uuid
 from atrium.auth.principal import Permission
+from atrium.cluster.bus import publish
 from atrium.errors import Conflict, NotFound
 
 if TYPE_CHECKING:
@@ -168,8 +169,9 @@ def routes(app: Atrium) -> list[Route]:
                                "(ATRIUM_AET_ORGANIZATIONS); remove the mapping first.")
             conn.execute("UPDATE organizations SET deleted_at = now() WHERE id = %s",
                          (current["id"],))
+            publish(conn, "identities")  # every node's cached logins of its members end
         if app.identities is not None:
-            app.identities.forget()  # its members' cached logins end now, not in minutes
+            app.identities.forget()  # here at once, even if the bus is down
         return no_content()
 
     tags = ("organizations",)

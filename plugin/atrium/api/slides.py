@@ -57,6 +57,7 @@ from atrium.api.schema import (
 )
 from atrium.api.scope import owned_scope, patient_scope
 from atrium.auth.principal import Permission
+from atrium.cluster.bus import publish
 from atrium.errors import BadRequest, Conflict, FieldError, NotFound, ServiceUnavailable
 from atrium.slides.deepzoom import dzi_descriptor
 from atrium.slides.library import SlideRef
@@ -170,9 +171,8 @@ class _RecentlyVisible:
     """What the scope query said about a slide for a kind of caller (organization,
     PHI or not), kept for ``seconds``: a viewer asks for dozens of tiles of one
     slide a second, and each would otherwise cost the pixel routes' only database
-    round trips. A deletion made through this process clears it at once; one made
-    on another node, or a patient's de-identification changed, shows within
-    ``seconds``."""
+    round trips. A deletion made through any node clears it at once (the cluster
+    bus); a patient's de-identification changed shows within ``seconds``."""
 
     def __init__(self, seconds: float = 2.0, capacity: int = 10_000,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -252,6 +252,13 @@ def routes(app: Atrium) -> list[Route]:
     max_request = app.settings.upload_max_request_bytes
 
     recently_visible = _RecentlyVisible()
+
+    def deleted_elsewhere(slide_id: str) -> None:
+        library.forget(uuid_module.UUID(slide_id))
+        recently_visible.clear()
+
+    if app.bus is not None:  # a deletion through any node ends the pixels here at once
+        app.bus.subscribe("slide", deleted_elsewhere, resync=recently_visible.clear)
 
     def visible(request: Request) -> _Visible:
         caller = request.caller
@@ -419,6 +426,7 @@ def routes(app: Atrium) -> list[Route]:
         with app.pool.connection() as conn, conn.transaction():
             slide, phi = find(conn, request, request.params["id"])
             conn.execute("UPDATE slides SET deleted_at = now() WHERE id = %s", (slide["id"],))
+            publish(conn, "slide", str(slide["id"]))
         library.forget(slide["id"])
         recently_visible.clear()
         return Response(204, b"", JSON, {}, AuditNote("slide", slide["id"], phi=phi))

@@ -21,7 +21,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from atrium.mirror.extract import (
     TAGS_FROM_FILE,
@@ -38,6 +38,9 @@ from atrium.mirror.orthanc_index import InstanceFacts, OrthancIndex
 from atrium.mirror.quarantine import InstanceGuard
 from atrium.mirror.writer import LEVELS, MirrorWriter
 from atrium.orthanc_api import OrthancApi, OrthancError, iter_changes
+
+if TYPE_CHECKING:
+    from atrium.cluster.leadership import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -328,6 +331,11 @@ class Mirror:
             raise
         return True
 
+    def forget_headers(self) -> None:
+        """Forget the cached series headers: resources were deleted, here or on
+        another node, and a series stored again may differ."""
+        self._headers.clear()
+
     def apply_deletions(self, deletions: Iterable[tuple[str, str]]) -> int:
         """Soft-delete resources that Orthanc no longer has. Each is checked first: a
         resource deleted and stored again before its event was handled stays live."""
@@ -353,7 +361,15 @@ class MirrorWorker:
     def __init__(self, mirror: Mirror, *, prepare: Callable[[], None],
                  full_check: Callable[[], None] | None = None,
                  poll_seconds: float = 5.0, full_check_seconds: float = 3600.0,
-                 gather_seconds: float = 0.2, idle_seconds: float = 1.0) -> None:
+                 gather_seconds: float = 0.2, idle_seconds: float = 1.0,
+                 leadership: Leadership | None = None,
+                 on_lead: Callable[[], None] | None = None,
+                 announce: Callable[[str], None] | None = None) -> None:
+        """``leadership``: this node's claim to be the one mirror writer (None: a
+        node alone). ``on_lead`` runs each time the node begins leading (the
+        first-start backfill). ``announce(event)`` tells the other nodes that this
+        one ``stored`` instances (the leader's cue to read the change log) or
+        applied ``deleted`` resources (their cached series headers go)."""
         self.mirror = mirror
         self.gather_seconds = gather_seconds
         self.idle_seconds = idle_seconds
@@ -362,17 +378,27 @@ class MirrorWorker:
         self.full_check = full_check
         self.poll_seconds = poll_seconds
         self.full_check_seconds = full_check_seconds
+        self.leadership = leadership
+        self.on_lead = on_lead
+        self.announce = announce
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._deletions: deque[tuple[str, str]] = deque(maxlen=1_000_000)
         self._thread: threading.Thread | None = None
         self._prepared = False
+        self._led = False  # on_lead ran for the current term
+        self._stored_here = False
         self._next_full_check = time.monotonic() + full_check_seconds
         self.last_error: str | None = None
         self.last_success: float | None = None
 
     # -- notifications (Orthanc's threads) ----------------------------------------
     def notify_new(self) -> None:
+        self._stored_here = True
+        self._wake.set()
+
+    def notify_elsewhere(self) -> None:
+        """Another node stored instances: the leader reads the change log now."""
         self._wake.set()
 
     def notify_deleted(self, level: str, orthanc_id: str) -> None:
@@ -383,6 +409,11 @@ class MirrorWorker:
     def prepared(self) -> bool:
         """Whether start-up work (migrations first) is done: other workers wait for it."""
         return self._prepared
+
+    @property
+    def leading(self) -> bool:
+        """Whether this node writes the mirror and runs the work done once."""
+        return self._prepared and (self.leadership is None or self.leadership.leading)
 
     @property
     def pending_deletions(self) -> int:
@@ -399,6 +430,14 @@ class MirrorWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self.leadership is not None:
+            self.leadership.release()
+
+    def _idle_wait(self) -> float:
+        """A standby looks at the lock every second or so, whatever the poll."""
+        if self.leadership is not None and not self.leadership.leading:
+            return min(self.poll_seconds, 1.0)
+        return self.poll_seconds
 
     def _run(self) -> None:
         backoff = 0.5
@@ -410,7 +449,7 @@ class MirrorWorker:
                 self.last_success = time.time()
                 if more:
                     continue
-                if self._wake.wait(self.poll_seconds):
+                if self._wake.wait(self._idle_wait()):
                     # Let a burst of stores gather: one batch of many instances costs
                     # Orthanc and PostgreSQL far less than many batches of one.
                     self._stop.wait(self.gather_seconds)
@@ -433,9 +472,20 @@ class MirrorWorker:
             self._prepared = True
         if self._deletions:
             pending = list(self._deletions)
+            # Only the node Orthanc told can apply them: deletions are not in the
+            # shared change log. Each is checked against Orthanc first, so two
+            # nodes applying the same one is harmless.
             self.mirror.apply_deletions(pending)
             for _ in pending:
                 self._deletions.popleft()
+            if self.announce is not None:
+                self.announce("deleted")
+        if not self._lead():
+            if self._stored_here and self.announce is not None:
+                self._stored_here = False
+                self.announce("stored")
+            return False
+        self._stored_here = False
         if self.mirror.catch_up():
             self._last_new_instance = time.monotonic()
         if self.full_check is not None and time.monotonic() >= self._next_full_check:
@@ -445,3 +495,15 @@ class MirrorWorker:
             self._wake.set()  # come back when the burst may be over
             return False
         return self.mirror.complete_tags() > 0
+
+    def _lead(self) -> bool:
+        """Whether this node leads, running ``on_lead`` at the start of each term."""
+        leading = self.leadership is None or self.leadership.refresh()
+        if not leading:
+            self._led = False
+            return False
+        if not self._led:
+            if self.on_lead is not None:
+                self.on_lead()
+            self._led = True
+        return True
