@@ -22,7 +22,16 @@ from PIL import Image
 from tests.integration.conftest import AtriumUnderTest
 from tests.integration.s3server import S3Server
 from tests.support.recording_proxy import RecordingProxy
-from tests.support.slidegen import level_shape, pattern, write_pyramid_tiff
+from tests.support.slidegen import (
+    NDPI_MODEL,
+    NDPI_REFERENCE,
+    SCAN_DATE,
+    associated_pattern,
+    level_shape,
+    pattern,
+    write_ndpi,
+    write_pyramid_tiff,
+)
 
 WIDTH, HEIGHT, TILE, LEVELS = 1500, 1100, 256, 3
 # Orthanc's HTTP server keeps multipart/form-data POSTs for itself (see MULTIPART_NOTE).
@@ -397,3 +406,57 @@ def test_on_s3_a_slide_is_read_with_ranged_reads_only(
                      "region?level=0&x=700&y=300&width=300&height=200"]:
             assert get(under_test, f"/api/slides/{slide['id']}/{path}").status_code == 200
         assert all(end - start + 1 < len(blob) for start, end in reads())
+
+
+def test_an_ndpi_slide_is_served_end_to_end(atrium: AtriumUnderTest) -> None:
+    width, height = 1020, 700  # 128 × 16 restart intervals: interior tiles as built
+    out = io.BytesIO()
+    write_ndpi(out, width, height, levels=3)
+    patient = requests.post(f"{atrium.url}/api/patients", headers=atrium.auth(), timeout=30,
+                            json={"mrn": unique("MRN"), "is_deidentified": False}).json()["id"]
+    answer = upload(atrium, out.getvalue(), filename="case.ndpi", patient_id=patient)
+    assert answer.status_code == 201, answer.text
+    slide = answer.json()
+    assert slide["file_format"] == "NDPI" and slide["pyramid_levels"] == 3
+    assert (slide["width_pixels"], slide["height_pixels"], slide["tile_size"]) == \
+        (width, height, 256)
+    assert slide["mpp_x"] == pytest.approx(0.25) and slide["magnification"] == "20"
+    assert slide["scanner_model"] == " ".join(NDPI_MODEL)
+    assert slide["scan_date"].startswith(SCAN_DATE.date().isoformat())
+    assert slide["metadata"]["associated"] == ["macro"]
+    assert NDPI_REFERENCE not in json.dumps(slide) and "Jane" not in json.dumps(slide)
+    base = f"/api/slides/{slide['id']}"
+    for level, col, row in [(0, 1, 1), (0, 3, 2), (1, 1, 1), (2, 0, 0)]:
+        level_width, level_height = level_shape(width, height, level)
+        x, y = col * 256, row * 256
+        expected = pattern(x, y, min(256, level_width - x), min(256, level_height - y),
+                           2 ** level)
+        for suffix in ("", "?format=png"):
+            tile = get(atrium, f"{base}/tiles/{level}/{col}/{row}{suffix}")
+            assert tile.status_code == 200, tile.text
+            assert close(decode(tile.content), expected, 2.0), (level, col, row, suffix)
+    descriptor = ET.fromstring(get(atrium, f"{base}/dzi").content)  # noqa: S314 - ours
+    size = descriptor.find("{http://schemas.microsoft.com/deepzoom/2008}Size")
+    assert size is not None and (size.get("Width"), size.get("Height")) == ("1020", "700")
+    top = 10  # ceil(log2(1020))
+    deep = get(atrium, f"{base}/dzi_files/{top}/2_1.jpeg")
+    assert close(decode(deep.content), pattern(512, 256, 256, 256), 2.0)
+    thumb = get(atrium, f"{base}/thumbnail?max_size=200")
+    assert decode(thumb.content).shape == (round(200 * height / width), 200, 3)
+    macro = get(atrium, f"{base}/associated/macro", "clinician")
+    assert macro.status_code == 200
+    assert close(decode(macro.content), associated_pattern("macro"), 3.0)
+    assert get(atrium, f"{base}/associated/macro", "researcher").status_code == 403
+    assert get(atrium, f"{base}/associated/map", "clinician").status_code == 404
+    # Damaged NDPI files: 400, and nothing stored.
+    blob = bytearray(out.getvalue())
+    (directory,) = struct.unpack_from("<Q", blob, 4)
+    struct.pack_into("<I", blob, directory + 2 + 8, 3_000_000)  # ImageWidth, the first tag
+    organization = atrium.scalar("SELECT id FROM organizations WHERE name = 'Default'")
+    before = len(objects_under(atrium, f"slides/{organization}"))
+    for bad in (bytes(blob), out.getvalue()[:-100]):
+        name = unique("BAD")
+        answer = upload(atrium, bad, filename="bad.ndpi", slide_id=name)
+        assert answer.status_code == 400, answer.text
+        assert atrium.scalar("SELECT count(*) FROM slides WHERE slide_id = %s", (name,)) == 0
+    assert len(objects_under(atrium, f"slides/{organization}")) == before

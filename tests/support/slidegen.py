@@ -15,13 +15,16 @@ is caught.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import os
+import struct
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO, Literal
 
 import imagecodecs
 import numpy as np
 import tifffile
+from PIL import Image
 
 CHECKER = 512  # full-resolution pixels per checkerboard square
 
@@ -311,3 +314,190 @@ def write_big_jpeg_pyramid(
             if max(w, h) <= tile:
                 break
             k += 1
+
+
+# --- Hamamatsu NDPI files -------------------------------------------------------------
+
+NDPI_MODEL = ("Hamamatsu", "C13220-01")
+NDPI_SERIAL = "SN-4711"
+NDPI_REFERENCE = "Jane Doe 1234"  # tag 65427: free text, often a patient's name
+NDPI_PROPERTY_MAP = ("NDP.S/N=SN-4711\r\nPatient=Jane Doe\r\nLamp.Intensity=12.5\r\n"
+                     "Focus.Points=9\r\nComment=called Jane on 2024-03-14\r\n")
+_NDPI_TYPES = {"B": 1, "s": 2, "H": 3, "I": 4, "ii": 10, "II": 5, "i": 9, "f": 11}
+
+
+def _jpeg_intervals(stream: bytes) -> tuple[int, list[int]]:
+    """(length of the header through SOS, start of each restart interval) of a JPEG:
+    what NDPI's McuStarts lists. In entropy-coded data 0xFF is followed by a stuffed
+    0x00, so every 0xFF 0xD0-0xD7 pair is a restart marker."""
+    pos = 2
+    while stream[pos + 1] != 0xDA:
+        pos += 2 + int.from_bytes(stream[pos + 2:pos + 4], "big")
+    header = pos + 2 + int.from_bytes(stream[pos + 2:pos + 4], "big")
+    starts = [header]
+    index = stream.find(b"\xff", header)
+    while index != -1:
+        if 0xD0 <= stream[index + 1] <= 0xD7:
+            starts.append(index + 2)
+        index = stream.find(b"\xff", index + 2)
+    return header, starts
+
+
+def ndpi_jpeg(pixels: np.ndarray, restart_blocks: int | None, *, subsampling: int = 2,
+              quality: int = 90) -> tuple[bytes, list[int] | None]:
+    """A level's single JPEG strip as NDPI stores it, and its McuStarts.
+
+    ``restart_blocks``: MCUs per restart interval (must divide the MCUs of a row, as
+    NDPI's do), 0 for one interval per MCU row, None for no restart markers (the
+    macro). ``subsampling``: Pillow's (0 = 4:4:4, MCU 8 × 8; 2 = 4:2:0, MCU 16 × 16).
+    """
+    options: dict[str, Any] = {}
+    if restart_blocks == 0:
+        options["restart_marker_rows"] = 1
+    elif restart_blocks is not None:
+        options["restart_marker_blocks"] = restart_blocks
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality, subsampling=subsampling,
+                                 **options)
+    stream = buffer.getvalue()
+    if restart_blocks is None:
+        return stream, None
+    header, starts = _jpeg_intervals(stream)
+    if b"\xff\xdd" not in stream[:header]:
+        raise RuntimeError("this Pillow wrote no restart markers: the restart_marker_blocks "
+                           "and restart_marker_rows JPEG options need a recent Pillow")
+    return stream, starts
+
+
+def write_ndpi(
+    target: str | os.PathLike[str] | BinaryIO,
+    width: int,
+    height: int,
+    *,
+    levels: int = 3,
+    restart_blocks: int = 8,
+    subsampling: int = 2,
+    quality: int = 90,
+    mpp: float = 0.25,
+    magnification: float = 20,
+    macro: bool = True,
+    extras: bool = True,
+    data_offset: int = 0,
+) -> None:
+    """A Hamamatsu NDPI file whose level k is ``pattern(0, 0, *level_shape(width,
+    height, k), 2**k)``, laid out as NDPI does (there is no NDPI writer to borrow):
+
+    * the header's first-directory offset and each next-directory offset on 8 bytes,
+      and after each directory 4 bytes per entry: the high half of its value or
+      offset (nonzero only past 4 GiB); ASCII values always at an offset;
+    * each image one JPEG strip; levels with restart markers every
+      ``restart_blocks`` MCUs where that divides a row's MCUs, else one interval
+      per MCU row, and McuStarts (65426, with 65432 high bytes) listing them;
+    * 65420 format, 65421 source lens (``magnification / 2**k``; -1 for the macro,
+      a plain JPEG of ``associated_pattern("macro")``), 65422/65423 offsets,
+      Make/Model, DateTime, X/YResolution in centimetres, 65442 serial, and the
+      free text a reader must drop: 65427 reference, 65449 property map.
+
+    ``extras`` adds a tissue map (lens -2) and a second focal plane (65424 ≠ 0) of
+    another size, which a reader must not take for levels. ``data_offset`` starts
+    everything after the header there (a sparse file past 4 GiB exercises the high
+    halves; ``target`` must then be a path or a seekable real file).
+    """
+    pages: list[dict[str, Any]] = []
+    for k in range(levels):
+        w, h = level_shape(width, height, k)
+        mcu = 16 if subsampling == 2 else 8
+        blocks = restart_blocks if (-(-w // mcu)) % restart_blocks == 0 else 0
+        stream, starts = ndpi_jpeg(pattern(0, 0, w, h, 2 ** k), blocks,
+                                   subsampling=subsampling, quality=quality)
+        pages.append({"data": stream, "width": w, "height": h, "starts": starts,
+                      "lens": magnification / 2 ** k, "z": 0, "mpp": mpp * 2 ** k})
+    if extras:
+        w, h = width // 3, height // 3
+        stream, starts = ndpi_jpeg(np.full((h, w, 3), 90, np.uint8), 0, subsampling=subsampling)
+        pages.append({"data": stream, "width": w, "height": h, "starts": starts,
+                      "lens": magnification, "z": 1200, "mpp": mpp * 3})
+    if macro:
+        stream, _ = ndpi_jpeg(associated_pattern("macro"), None)
+        w, h = ASSOCIATED_SHAPES["macro"]
+        pages.append({"data": stream, "width": w, "height": h, "starts": None, "lens": -1.0,
+                      "z": 0, "mpp": 20.0})
+    if extras:
+        stream, _ = ndpi_jpeg(np.full((32, 64), 200, np.uint8), None)
+        pages.append({"data": stream, "width": 64, "height": 32, "starts": None, "lens": -2.0,
+                      "z": 0, "mpp": 50.0})
+
+    base = max(12, data_offset)
+    body = bytearray()
+
+    def here() -> int:
+        return base + len(body)
+
+    for page in pages:
+        page["offset"] = here()
+        body.extend(page["data"])
+        if len(body) % 2:
+            body.append(0)
+    first_ifd = 0
+    previous_next: int | None = None
+    for page in pages:
+        tags: list[tuple[int, str, Sequence[Any] | str]] = [
+            (256, "I", [page["width"]]), (257, "I", [page["height"]]),
+            (258, "H", [8, 8, 8]), (259, "H", [7]), (262, "H", [6]),
+            (271, "s", NDPI_MODEL[0]), (272, "s", NDPI_MODEL[1]),
+            (273, "I", [page["offset"]]), (277, "H", [3]), (278, "I", [page["height"]]),
+            (279, "I", [len(page["data"])]),
+            (282, "II", [round(10_000_000 / page["mpp"]), 1000]),
+            (283, "II", [round(10_000_000 / page["mpp"]), 1000]),
+            (296, "H", [3]), (305, "s", "NDP.scan 3.4.0"),
+            (306, "s", SCAN_DATE.strftime("%Y:%m:%d %H:%M:%S")),
+            (65420, "I", [1]), (65421, "f", [page["lens"]]), (65422, "i", [-1_234_567]),
+            (65423, "i", [7_654_321]), (65424, "i", [page["z"]]),
+            (65427, "s", NDPI_REFERENCE), (65442, "s", NDPI_SERIAL),
+            (65449, "s", NDPI_PROPERTY_MAP),
+        ]
+        if page["starts"] is not None:
+            tags += [(65426, "I", page["starts"]), (65432, "I", [0] * len(page["starts"]))]
+        tags.sort(key=lambda tag: tag[0])
+        entries, highs = bytearray(), bytearray()
+        for code, kind, values in tags:
+            if kind == "s":
+                data = str(values).encode("latin-1") + b"\x00"
+                count = len(data)
+            elif kind == "I" and len(values) == 1 and values[0] > 0xFFFFFFFF:
+                # A strip past 4 GiB: the low half in the entry, the high half after it.
+                data, count = struct.pack("<Q", values[0]), 1
+            else:
+                data = struct.pack(f"<{len(values)}{kind[0]}", *values)
+                count = len(values) // len(kind)  # a RATIONAL is two numbers
+            if kind == "I" and count == 1 and len(data) == 8:
+                field = data
+            elif len(data) <= 4 and kind != "s":
+                field = data.ljust(8, b"\x00")
+            else:
+                field = struct.pack("<Q", here())
+                body.extend(data)
+                if len(body) % 2:
+                    body.append(0)
+            entries += struct.pack("<HHI", code, _NDPI_TYPES[kind], count) + field[:4]
+            highs += field[4:]
+        ifd = here()
+        if previous_next is None:
+            first_ifd = ifd
+        else:
+            struct.pack_into("<Q", body, previous_next - base, ifd)
+        body.extend(struct.pack("<H", len(tags)) + entries)
+        previous_next = here()
+        body.extend(b"\x00" * 8 + highs)
+    header = b"II*\x00" + struct.pack("<Q", first_ifd)
+    if isinstance(target, str | os.PathLike):
+        with open(target, "wb") as file:
+            _write_at(file, header, base, body)
+    else:
+        _write_at(target, header, base, body)
+
+
+def _write_at(file: BinaryIO, header: bytes, base: int, body: bytes | bytearray) -> None:
+    file.write(header)
+    file.seek(base)  # past the end of a real file: a hole, not written bytes
+    file.write(body)

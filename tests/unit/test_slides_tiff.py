@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import struct
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable
 from pathlib import Path
 
 import imagecodecs
@@ -443,14 +443,28 @@ def test_a_large_stripped_image_must_be_converted_to_a_tiled_pyramid() -> None:
         open_tiff_slide(MemorySource(buffer.getvalue()))
 
 
-@pytest.mark.parametrize("tags", [
-    [(65420, "I", 1, 1, True), (271, "s", 0, "Hamamatsu", True)],  # NDPI
+@pytest.mark.parametrize(("tags", "name"), [
+    ({"software": "Philips DP v1.0",
+      "description": '<?xml version="1.0"?><DataObject></DataObject>'}, "Philips"),
+    ({"description": '<?xml version="1.0"?><scn></scn>'}, "Leica SCN"),
 ])
-def test_vendor_formats_are_refused_naming_what_is_supported(tags: Sequence[object]) -> None:
+def test_vendor_formats_are_refused_naming_what_is_supported(tags: dict[str, str],
+                                                            name: str) -> None:
     buffer = io.BytesIO()
     tifffile.imwrite(buffer, np.zeros((128, 128, 3), np.uint8), tile=(64, 64),
-                     photometric="rgb", extratags=tags, metadata=None)
-    with pytest.raises(UnsupportedMediaType, match="NDPI .* supported are .*SVS"):
+                     photometric="rgb", metadata=None, **tags)  # type: ignore[arg-type]
+    with pytest.raises(UnsupportedMediaType, match=f"{name} .* supported are .*SVS.*NDPI"):
+        open_tiff_slide(MemorySource(buffer.getvalue()))
+
+
+def test_an_ndpi_marker_in_a_plain_tiff_layout_is_a_damaged_file() -> None:
+    # NDPI itself is read (tests/unit/test_slides_ndpi.py); a classic TIFF carrying
+    # its marker without its directory layout is neither NDPI nor a plain pyramid.
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((128, 128, 3), np.uint8), tile=(64, 64),
+                     photometric="rgb", metadata=None,
+                     extratags=[(65420, "I", 1, 1, True), (271, "s", 0, "Hamamatsu", True)])
+    with pytest.raises(BadRequest, match="NDPI"):
         open_tiff_slide(MemorySource(buffer.getvalue()))
 
 

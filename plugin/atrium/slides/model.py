@@ -1,9 +1,10 @@
 """What every slide reader gives, whatever the file: its levels, its metadata, its
 tiles, regions and associated images.
 
-Readers: :mod:`atrium.slides.tiff` (pyramidal TIFF, Aperio SVS, OME-TIFF, read
-with ranged reads of object storage) and :mod:`atrium.slides.dicom_wsi` (DICOM
-VL Whole Slide Microscopy series, tiles from the frames Orthanc stores). The API
+Readers: :mod:`atrium.slides.tiff` (pyramidal TIFF, Aperio SVS, OME-TIFF, and
+Hamamatsu NDPI through :mod:`atrium.slides.ndpi`, read with ranged reads of object
+storage) and :mod:`atrium.slides.dicom_wsi` (DICOM VL Whole Slide Microscopy
+series, tiles from the frames Orthanc stores). The API
 (:mod:`atrium.api.slides`) only ever sees a :class:`SlideReader`.
 
 Coordinates: level 0 is full resolution; level k is the k-th pyramid level of the

@@ -9,9 +9,10 @@ ranged read each, JPEG tiles sent as they are stored (:mod:`atrium.slides.tiled`
 What is accepted: tiled 8-bit RGB or greyscale levels, JPEG, deflate, LZW, zstd
 or uncompressed. A small stripped image (at most :data:`MAX_STRIPPED_SIDE` on a
 side) is accepted as a one-level slide whose strips are its stored tiles; a larger
-one is refused — it would have to be decoded whole for every tile. NDPI and other
-vendor formats (Philips, Leica SCN, Ventana BIF, …), JPEG 2000 and multi-channel
-fluorescence are refused with :class:`~atrium.errors.UnsupportedMediaType`.
+one is refused — it would have to be decoded whole for every tile. Hamamatsu NDPI
+is recognised here and read by :mod:`atrium.slides.ndpi`. Other vendor formats
+(Philips, Leica SCN, Ventana BIF, …), JPEG 2000 and multi-channel fluorescence
+are refused with :class:`~atrium.errors.UnsupportedMediaType`.
 
 Every failure is an :mod:`atrium.errors` value: not a TIFF → 415; a structure
 pointing past the end of the file, or a file tifffile cannot parse → 400 saying
@@ -57,7 +58,8 @@ __all__ = ["MAX_LEVEL0_PIXELS", "MAX_SIDE", "MAX_STRIPPED_SIDE", "MAX_TILES", "M
            "MAX_TILE_SIDE", "SUPPORTED_FORMATS", "TiffSource", "open_tiff_slide"]
 
 SUPPORTED_FORMATS = ("tiled pyramidal TIFF or BigTIFF, Aperio SVS and OME-TIFF "
-                     "(8-bit RGB or greyscale; JPEG, deflate, LZW, zstd or uncompressed)")
+                     "(8-bit RGB or greyscale; JPEG, deflate, LZW, zstd or uncompressed), "
+                     "and Hamamatsu NDPI (JPEG)")
 MAX_SIDE = 1_000_000
 MAX_LEVEL0_PIXELS = 20_000_000_000
 MAX_TILE_SIDE = 4096
@@ -83,7 +85,7 @@ _COMPRESSION_NAMES = {1: "none", 5: "lzw", _JPEG: "jpeg", 8: "deflate", 32946: "
                       50000: "zstd"}
 _PHOTOMETRIC_NAMES = {1: "minisblack", 2: "rgb", 6: "ycbcr"}
 # Vendor formats tifffile recognises that are not pyramids of tiles we can serve.
-_REFUSED = {"ndpi": "Hamamatsu NDPI", "philips": "Philips TIFF", "scn": "Leica SCN",
+_REFUSED = {"philips": "Philips TIFF", "scn": "Leica SCN",
             "bif": "Ventana BIF", "qpi": "PerkinElmer QPI", "indica": "Indica Labs"}
 # Aperio ImageDescription keys kept as numbers; the rest (Filename, User, …) is dropped.
 _APERIO_NUMBERS = ("AppMag", "MPP", "StripeWidth", "Left", "Top", "LineCameraSkew",
@@ -167,7 +169,8 @@ class TiffSource(TiledSource):
 
 def open_tiff_slide(source: ByteSource, cache: DecodedTileCache | None = None
                     ) -> TiledSlideReader:
-    """Open a pyramidal TIFF, SVS or OME-TIFF slide.
+    """Open a pyramidal TIFF, SVS, OME-TIFF or NDPI slide (NDPI:
+    :func:`atrium.slides.ndpi.open_ndpi_slide`).
 
     Reads only the file's structure (typically tens to hundreds of kilobytes, in
     64 KiB blocks). ``cache``, optional, keeps decoded tiles (see
@@ -182,6 +185,11 @@ def open_tiff_slide(source: ByteSource, cache: DecodedTileCache | None = None
     """
     if source.size < 16 or source.read(0, 4) not in _MAGIC:
         raise unsupported("the file is not a TIFF")
+    # Imported here: the NDPI reader builds on this module's limits and helpers.
+    from atrium.slides import ndpi
+
+    if ndpi.is_ndpi(source):
+        return ndpi.open_ndpi_slide(source, cache)
     with _tifffile_errors() as errors, tifffile.TiffFile(SourceFile(source)) as tif:  # type: ignore[arg-type]
         info, tiff_source = _parse(tif, source)
         if errors:
@@ -223,6 +231,9 @@ def _tifffile_errors() -> Iterator[list[str]]:
 
 
 def _parse(tif: tifffile.TiffFile, source: ByteSource) -> tuple[SlideInfo, TiffSource]:
+    if tif.is_ndpi:
+        # An NDPI marker where is_ndpi() found no readable NDPI directory.
+        raise BadRequest("the slide file is damaged: its NDPI directories cannot be read")
     for flag, name in _REFUSED.items():
         if getattr(tif, f"is_{flag}", False):
             raise unsupported(f"{name} files are not supported")
