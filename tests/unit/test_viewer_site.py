@@ -7,6 +7,8 @@ import base64
 import hashlib
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,8 @@ from atrium.viewer.site import OhifSite, resolve
 INDEX = ('<!doctype html><html><head><script>console.time("x"),window.PUBLIC_URL="/"'
          '</script><link rel="manifest" href="/manifest.json"><script rel="preload" '
          'as="script" src="/app-config.js"></script><script rel="preload" as="script" '
-         'type="module" src="/init-service-worker.js"></script><script>window.PUBLIC_URL="/"'
+         'type="module" src="/init-service-worker.js"></script><script>function '
+         'browserImportFunction(n){return import(n)}window.PUBLIC_URL="/"'
          '</script><script defer src="/app.bundle.0f6159c501addfe9.js"></script>'
          '<link href="/app.bundle.css" rel="stylesheet"></head><body></body></html>')
 
@@ -55,6 +58,24 @@ def test_the_index_loads_everything_from_under_viewer_and_nothing_from_a_cdn(
     assert "init-service-worker" not in page
     # Atrium's extension is defined before the configuration that adds it.
     assert page.index("/viewer/atrium-ohif.js") < page.index("/viewer/app-config.js")
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node (bootstrap installs npm)")
+def test_files_ohif_imports_from_the_root_at_run_time_are_looked_for_under_viewer(
+        site: OhifSite) -> None:
+    page = site.handle("", {}).body.decode()
+    function = re.search(r"function browserImportFunction\(n\)\{.*?\}(?=window)", page)
+    assert function is not None and "return import(n)}" not in page
+    # The page's own function, run by node with import() swapped for the identity.
+    paths = ["/dicom-microscopy-viewer/dicomMicroscopyViewer.min.js", "/viewer/x.js",
+             "//cdn.example/x.js", "x.js", "/viewerx.js"]
+    program = (function.group(0).replace("import(", "(") +
+               f"console.log(JSON.stringify({json.dumps(paths)}.map(browserImportFunction)))")
+    run = subprocess.run(["node", "-e", program], capture_output=True, text=True, check=True,
+                         timeout=30)
+    assert json.loads(run.stdout) == [
+        "/viewer/dicom-microscopy-viewer/dicomMicroscopyViewer.min.js", "/viewer/x.js",
+        "//cdn.example/x.js", "x.js", "/viewer/viewerx.js"]
 
 
 def test_a_page_of_ohifs_router_is_answered_with_the_index(site: OhifSite) -> None:
@@ -100,6 +121,8 @@ def test_without_an_install_every_request_names_the_remedy(tmp_path: Path) -> No
 def test_an_index_of_another_layout_is_refused() -> None:
     with pytest.raises(ValueError, match="PUBLIC_URL"):
         OhifSite.render_index("<html></html>", "v")
+    with pytest.raises(ValueError, match="import function"):
+        OhifSite.render_index(INDEX.replace("browserImportFunction", "load"), "v")
 
 
 def test_the_configuration_reads_atriums_gateway_and_signs_in_with_pkce() -> None:

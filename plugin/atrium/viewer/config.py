@@ -10,20 +10,27 @@ the address the browser used (the dev issuer's authority) is computed there from
 
 from __future__ import annotations
 
+import argparse
 import json
+from pathlib import Path
 from typing import Any
 
-__all__ = ["DEV_LOGIN_PATH", "app_config", "app_config_script"]
+__all__ = ["DEV_LOGIN_PATH", "EXTENSION_SCRIPT", "app_config", "app_config_script",
+           "standalone_app_config_script"]
 
 DEV_LOGIN_PATH = "/api/dev-login"
 ROUTER_BASENAME = "/viewer"
+EXTENSION_SCRIPT = Path(__file__).with_name("static") / "atrium-ohif.js"
 
 
-def app_config(*, issuer: str | None, client_id: str, dicomweb_root: str) -> dict[str, Any]:
+def app_config(*, issuer: str | None, client_id: str, dicomweb_root: str,
+               router_basename: str = ROUTER_BASENAME) -> dict[str, Any]:
     """The configuration as a JSON-able value; absolute URLs are completed by the
     script (:func:`app_config_script`): a path here is relative to the origin.
 
     ``issuer`` None: the local dev issuer (its login form at :data:`DEV_LOGIN_PATH`).
+    ``router_basename``: where OHIF's pages are, ``/viewer`` in Atrium, ``/`` for an
+    OHIF served at the root of a server of its own.
     """
     root = dicomweb_root.rstrip("/")
     source = {
@@ -58,7 +65,7 @@ def app_config(*, issuer: str | None, client_id: str, dicomweb_root: str) -> dic
     }
     return {
         "name": "atrium",
-        "routerBasename": ROUTER_BASENAME,
+        "routerBasename": router_basename,
         "showStudyList": True,
         "extensions": [],
         "modes": [],
@@ -103,3 +110,35 @@ def app_config_script(config: dict[str, Any]) -> str:
     """``app-config.js`` for ``config``. "<" is escaped, so no value can end the
     script element should the text ever be inlined."""
     return _SCRIPT % json.dumps(config, indent=1, sort_keys=True).replace("<", "\\u003c")
+
+
+def standalone_app_config_script(*, issuer: str, client_id: str,
+                                 dicomweb_root: str = "/dicom-web") -> str:
+    """``app-config.js`` for OHIF's own server (docker/ohif/ in the compose stack):
+    OHIF at the root of its origin, which forwards ``/dicom-web/`` and ``/api/`` to
+    Atrium. The file holds Atrium's extension too, ahead of the configuration that
+    adds it: that server loads nothing else of Atrium's. docs/VIEWER.md, "The compose
+    stack's OHIF"."""
+    extension = EXTENSION_SCRIPT.read_text("utf-8")
+    config = app_config(issuer=issuer, client_id=client_id, dicomweb_root=dicomweb_root,
+                        router_basename="/")
+    header = ("// Made by `python -m atrium.viewer.config --issuer " + issuer + " --client-id "
+              + client_id + "`\n// (Atrium's extension, then its configuration): do not "
+              "edit. docs/VIEWER.md\n\n")
+    return header + extension.rstrip("\n") + "\n\n" + app_config_script(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m atrium.viewer.config",
+        description="Print app-config.js for an OHIF served apart from Atrium "
+                    "(docker/ohif/app-config.js)")
+    parser.add_argument("--issuer", required=True, help="ATRIUM_OIDC_ISSUER")
+    parser.add_argument("--client-id", required=True, help="ATRIUM_OIDC_AUDIENCE")
+    args = parser.parse_args(argv)
+    print(standalone_app_config_script(issuer=args.issuer, client_id=args.client_id), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

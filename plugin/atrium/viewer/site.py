@@ -10,8 +10,10 @@ that names no file is one of OHIF's own pages (``/viewer/viewer?StudyInstanceUID
 ``/viewer/callback``): the answer is ``index.html``, whose router shows it.
 
 ``index.html`` is rendered once, when Atrium starts: its links point under
-``/viewer/``, it loads Atrium's extension and the generated ``app-config.js``, and
-it drops OHIF's service-worker loader (which fetches Workbox from a CDN). Files
+``/viewer/``, and so do the root paths its import function is given (the
+microscopy viewer's); it loads Atrium's extension and the generated
+``app-config.js``, and it drops OHIF's service-worker loader (which fetches Workbox
+from a CDN). Files
 whose names carry a content hash are cached for good; the others are revalidated.
 """
 
@@ -28,13 +30,13 @@ from pathlib import Path
 
 from atrium.api.http import Response
 from atrium.errors import NotFound
+from atrium.viewer.config import EXTENSION_SCRIPT
 from atrium.viewer.install import MOUNT, STAMP
 
 log = logging.getLogger(__name__)
 
 __all__ = ["EXTENSION_SCRIPT", "OhifSite", "resolve", "security_policy"]
 
-EXTENSION_SCRIPT = Path(__file__).with_name("static") / "atrium-ohif.js"
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}$")
 _HASHED = re.compile(r"(^|\.)[0-9a-f]{16}\.")
 _IMMUTABLE = "public, max-age=31536000, immutable"
@@ -53,6 +55,13 @@ _SERVICE_WORKER = re.compile(r'<script[^>]*src="/init-service-worker\.js"[^>]*><
 _APP_CONFIG = re.compile(r'<script[^>]*src="/app-config\.js"[^>]*></script>')
 _ROOT_LINK = re.compile(r'(\s(?:src|href))="/(?!/)')
 _PUBLIC_URL = 'window.PUBLIC_URL="/"'
+# OHIF imports some files at run time by a path from the site's root that no build
+# step relocates (the microscopy viewer's "/dicom-microscopy-viewer/…"): the page's
+# import function puts such paths under /viewer/.
+_IMPORT = "function browserImportFunction(n){return import(n)}"
+_IMPORT_UNDER_MOUNT = (
+    "function browserImportFunction(n){return import(typeof n===\"string\"&&"
+    f"/^\\/(?!\\/|{MOUNT[1:-1]}\\/)/.test(n)?\"{MOUNT[:-1]}\"+n:n)}}")
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 
 
@@ -157,9 +166,10 @@ class OhifSite:
         ValueError
             The page is not laid out as the pinned build's is.
         """
-        if _PUBLIC_URL not in html or not _APP_CONFIG.search(html):
-            raise ValueError("OHIF's index.html has no PUBLIC_URL or app-config.js script: "
-                             "not the build atrium.viewer.install pins")
+        if _PUBLIC_URL not in html or _IMPORT not in html or not _APP_CONFIG.search(html):
+            raise ValueError("OHIF's index.html has no PUBLIC_URL, import function or "
+                             "app-config.js script: not the build atrium.viewer.install pins")
+        html = html.replace(_IMPORT, _IMPORT_UNDER_MOUNT)
         html = _SERVICE_WORKER.sub("", html)
         extension = f'<script src="/atrium-ohif.js?v={extension_version}"></script>'
         html = _APP_CONFIG.sub(lambda m: extension + m.group(0), html, count=1)
