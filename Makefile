@@ -2,10 +2,15 @@
 SHELL := /bin/bash
 VENV  := .venv
 
-.PHONY: run test bootstrap bootstrap-test lint bench clean
+.PHONY: run cluster test bootstrap bootstrap-test lint bench clean
 
 run: bootstrap
 	$(VENV)/bin/atrium run
+
+# Two Orthanc + Atrium nodes behind HAProxy (docs/DEPLOYMENT.md, "Several nodes").
+cluster:
+	@scripts/bootstrap.sh --cluster
+	$(VENV)/bin/atrium run --nodes 2
 
 test: bootstrap-test
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

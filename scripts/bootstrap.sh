@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Install what `make run` and `make test` need, once; quick when already done.
 #   - Debian packages: Orthanc and its plugins, PostgreSQL, dcmtk (and Chromium
-#     with its chromedriver for the browser tests, with --test)
+#     with its chromedriver for the browser tests, with --test; HAProxy with
+#     --test or --cluster)
 #   - a venv made from the interpreter libOrthancPython.so links against,
 #     holding Atrium and its dependencies (and the test tools with --test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_test=0
-[ "${1:-}" = "--test" ] && want_test=1
+want_cluster=0
+for arg in "$@"; do
+  case "$arg" in
+    --test) want_test=1 ;;
+    --cluster) want_cluster=1 ;;
+  esac
+done
 
 packages=(orthanc orthanc-python orthanc-dicomweb orthanc-postgresql postgresql dcmtk python3-venv)
 # The slide viewer's browser tests drive Debian's Chromium through its chromedriver.
 if [ $want_test -eq 1 ]; then packages+=(chromium chromium-driver); fi
+# `make cluster` (atrium run --nodes N) puts HAProxy in front of the nodes; the
+# suite tests that shape.
+if [ $want_test -eq 1 ] || [ $want_cluster -eq 1 ]; then packages+=(haproxy); fi
 # npm fetches the OHIF build that /viewer/ serves (below); any Node with npm will do.
 command -v npm >/dev/null 2>&1 || packages+=(npm)
 missing=()

@@ -191,7 +191,22 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     """What ``make run`` runs (:mod:`atrium.runner`)."""
     from atrium.runner import run
 
-    return run(settings, _read_config(args.config))
+    return run(settings, _read_config(args.config), nodes=args.nodes)
+
+
+def _node_count(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {raw!r}") from None
+    if not 1 <= value <= _MAX_NODES:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {_MAX_NODES}, got {value}")
+    return value
+
+
+# Each node is a whole Orthanc with Atrium loaded: more than this on one machine
+# measures the machine, not Atrium.
+_MAX_NODES = 16
 
 
 COMMANDS = {
@@ -230,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                                  help="parallel reads from Orthanc (default 4)")
         if name == "token":
             _token_arguments(command)
+        if name == "run":
+            command.add_argument("--nodes", type=_node_count, default=1,
+                                 help="Orthanc + Atrium processes behind HAProxy on the "
+                                      "HTTP and DICOM ports (default 1: no balancer)")
         if name in ("backup", "restore"):
             from atrium.backup import command as backup_cli
 

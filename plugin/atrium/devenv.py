@@ -406,9 +406,13 @@ class OrthancProcess:
         return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout: float = 60) -> None:
-        import json
+        self.launch()
+        self.wait_ready(timeout)
 
-        import requests
+    def launch(self) -> None:
+        """Write the configuration (0600) and start the process, without waiting:
+        several nodes then load Atrium at the same time (:meth:`wait_ready`)."""
+        import json
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         config_path = self.workdir / "orthanc.json"
@@ -419,6 +423,9 @@ class OrthancProcess:
             ["Orthanc", str(config_path)], stdout=log_handle, stderr=subprocess.STDOUT,
             env=self.env, cwd=self.workdir, start_new_session=True,
         )
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        import requests
 
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:

@@ -7,6 +7,10 @@ rows there, Orthanc's index there too (``ORTHANC_DATABASE_URL``, or a database
 cluster in the data directory. Either way Atrium runs inside Orthanc as a role that
 cannot change audit rows (:mod:`atrium.pgserver`).
 
+With ``--nodes N`` (``make cluster``) it starts N Orthanc + Atrium processes over the
+same databases, storage directory and object store, and HAProxy in front of them on
+the two ports a single Orthanc would have (:mod:`atrium.balancer`).
+
 Every start-up failure ends here, at the command's edge, as one line on stderr and
 exit status 1: never a traceback. What was started before the failure is stopped.
 """
@@ -21,15 +25,17 @@ import subprocess
 import sys
 import threading
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from atrium.balancer import NODE_HEADER, Balancer, Node, haproxy_binary, haproxy_config
 from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, orthanc_config
-from atrium.pgserver import StartupError, grant_runtime, prepare
+from atrium.pgserver import Databases, StartupError, grant_runtime, prepare
 from atrium.settings import Settings
 
-__all__ = ["run"]
+__all__ = ["node_configs", "node_dir", "run", "share_keys"]
 
 # Orthanc gets the database URLs through the configuration file we write (mode
 # 0600), never from the environment: inside Orthanc an environment variable would
@@ -38,8 +44,10 @@ _DATABASE_VARIABLES = frozenset({"ATRIUM_DATABASE_URL", "ATRIUM_DATABASE_OWNER_U
                                  "ATRIUM_ORTHANC_INDEX_URL", "ORTHANC_DATABASE_URL"})
 
 
-def run(settings: Settings, base_config: Mapping[str, Any]) -> int:
-    """Start, serve until SIGINT/SIGTERM, stop everything started; the exit status."""
+def run(settings: Settings, base_config: Mapping[str, Any], nodes: int = 1) -> int:
+    """Start, serve until SIGINT/SIGTERM, stop everything started; the exit status.
+    With ``nodes`` > 1: that many Orthanc + Atrium processes behind HAProxy
+    (:func:`_start_nodes`)."""
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     # Until Atrium serves, SIGTERM interrupts start-up as Ctrl-C does, so that what
     # was already started is stopped rather than left behind.
@@ -47,13 +55,18 @@ def run(settings: Settings, base_config: Mapping[str, Any]) -> int:
     try:
         with contextlib.ExitStack() as started:
             try:
-                orthanc = _start(settings, base_config, started)
+                if nodes > 1:
+                    cluster = _start_nodes(settings, base_config, started, nodes)
+                else:
+                    orthanc = _start(settings, base_config, started)
             except KeyboardInterrupt:
                 print("atrium: interrupted during start-up", file=sys.stderr)
                 return 130
             except Exception as exc:  # noqa: BLE001 - the edge: one line, never a traceback
                 print(f"atrium: {_one_line(exc, settings.data_dir)}", file=sys.stderr)
                 return 1
+            if nodes > 1:
+                return _serve_nodes(settings, cluster)
             return _serve(settings, orthanc)
     finally:
         for sig, handler in previous.items():
@@ -62,6 +75,28 @@ def run(settings: Settings, base_config: Mapping[str, Any]) -> int:
 
 def _start(settings: Settings, base_config: Mapping[str, Any],
            started: contextlib.ExitStack) -> OrthancProcess:
+    databases = _prepare(settings, started)
+    config = orthanc_config(
+        base=base_config, data_dir=settings.data_dir, index_url=databases.index_url,
+        http_port=settings.orthanc_http_port, dicom_port=settings.orthanc_dicom_port,
+        aet=settings.orthanc_aet,
+        atrium={"DatabaseUrl": databases.runtime_url, "DatabaseOwnerUrl": databases.owner_url,
+                "OrthancIndexUrl": databases.index_url},
+        python_script=REPO_ROOT / "plugin" / "atrium_entry.py",
+    )
+    env = {k: v for k, v in os.environ.items() if k not in _DATABASE_VARIABLES}
+    orthanc = OrthancProcess(settings.data_dir / "orthanc", config, env)
+    started.callback(orthanc.stop)
+    try:
+        orthanc.start()
+    except (RuntimeError, TimeoutError) as exc:
+        raise StartupError(f"Orthanc did not start: {_orthanc_error(orthanc, exc)}; "
+                           f"see {orthanc.logfile}") from exc
+    return orthanc
+
+
+def _prepare(settings: Settings, started: contextlib.ExitStack) -> Databases:
+    """The listening ports free, PostgreSQL ready, the migrations applied."""
     for name, port in (("ORTHANC_HTTP_PORT", settings.orthanc_http_port),
                        ("ORTHANC_DICOM_PORT", settings.orthanc_dicom_port)):
         if _port_taken(port):
@@ -89,24 +124,7 @@ def _start(settings: Settings, base_config: Mapping[str, Any],
     applied = apply_migrations(databases.owner_url)
     print(f"atrium: migrations applied: {len(applied)}", flush=True)
     grant_runtime(databases)
-
-    config = orthanc_config(
-        base=base_config, data_dir=data_dir, index_url=databases.index_url,
-        http_port=settings.orthanc_http_port, dicom_port=settings.orthanc_dicom_port,
-        aet=settings.orthanc_aet,
-        atrium={"DatabaseUrl": databases.runtime_url, "DatabaseOwnerUrl": databases.owner_url,
-                "OrthancIndexUrl": databases.index_url},
-        python_script=REPO_ROOT / "plugin" / "atrium_entry.py",
-    )
-    env = {k: v for k, v in os.environ.items() if k not in _DATABASE_VARIABLES}
-    orthanc = OrthancProcess(data_dir / "orthanc", config, env)
-    started.callback(orthanc.stop)
-    try:
-        orthanc.start()
-    except (RuntimeError, TimeoutError) as exc:
-        raise StartupError(f"Orthanc did not start: {_orthanc_error(orthanc, exc)}; "
-                           f"see {orthanc.logfile}") from exc
-    return orthanc
+    return databases
 
 
 def _start_cluster(data_dir: Path, started: contextlib.ExitStack) -> LocalCluster:
@@ -127,8 +145,7 @@ def _start_cluster(data_dir: Path, started: contextlib.ExitStack) -> LocalCluste
     return cluster
 
 
-def _serve(settings: Settings, orthanc: OrthancProcess) -> int:
-    url = orthanc.url
+def _banner(settings: Settings, url: str, headline: str, middle: str) -> str:
     if settings.oidc_issuer:
         how = f"from {settings.oidc_issuer} (audience {settings.oidc_audience})"
     else:
@@ -136,17 +153,22 @@ def _serve(settings: Settings, orthanc: OrthancProcess) -> int:
                f"--org {settings.default_organization})")
     sign_in = ("sign in with the identity provider" if settings.oidc_issuer
                else "sign in on the local form: any user, organization and role")
-    print(f"""
-Atrium is running (Ctrl-C stops everything).
+    return f"""
+{headline}
   REST API   {url}/api/health   {url}/api/openapi.json   {url}/api/me
   Orthanc    {url}/ (administrators' tokens only)
   DICOMweb   {url}/dicom-web/
   Viewer     {url}/viewer/ (OHIF; {sign_in})
   DICOM      AE title {settings.orthanc_aet} on 127.0.0.1:{settings.orthanc_dicom_port}
-  Logs       {orthanc.logfile}
+{middle}
   Token      {how}
              then: curl -H "Authorization: Bearer $TOKEN" {url}/api/me
-""", flush=True)
+"""
+
+
+def _serve(settings: Settings, orthanc: OrthancProcess) -> int:
+    print(_banner(settings, orthanc.url, "Atrium is running (Ctrl-C stops everything).",
+                  f"  Logs       {orthanc.logfile}"), flush=True)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -160,6 +182,169 @@ Atrium is running (Ctrl-C stops everything).
         return 0
     finally:
         print("atrium: stopping", file=sys.stderr)
+
+
+# -- several nodes: atrium run --nodes N --------------------------------------------
+
+# Settings that differ per node, or paths a node would resolve inside its own data
+# directory: the runner resolves each once and writes it into every node's
+# configuration file, where an inherited variable of the same name would override it.
+_NODE_VARIABLES = frozenset({"ATRIUM_DATA_DIR", "ORTHANC_HTTP_PORT", "ORTHANC_DICOM_PORT",
+                             "ATRIUM_ORTHANC_URL", "ATRIUM_STORAGE_URL",
+                             "ATRIUM_AUDIT_ANCHOR_KEY", "ATRIUM_AET_ORGANIZATIONS"})
+# A node loads Atrium while the others do, on the same cores.
+_NODE_START_SECONDS = 180
+
+
+@dataclass
+class _Nodes:
+    orthancs: list[OrthancProcess]
+    names: list[str]
+    balancer: Balancer
+
+
+def node_dir(data_dir: Path, index: int) -> Path:
+    """Node ``index``'s own data directory (1-based): its Orthanc configuration and
+    log, the mirror's parse memory."""
+    return data_dir / "nodes" / f"node-{index}"
+
+
+def share_keys(settings: Settings, node_data_dir: Path) -> None:
+    """Make the node use the data directory's dev issuer key and internal secret.
+
+    A symbolic link per file, made before the node starts, rather than a copy: one
+    key, so that a token of ``atrium token`` (which reads ``<data_dir>``) is
+    accepted by every node, and a key replaced in ``<data_dir>`` is replaced for all
+    at their next start. The internal secret is shared so that the commands acting
+    on a running Atrium (status, verify, backfill) work through the balancer, which
+    forwards from loopback. Per file, not the whole ``keys/`` directory: what
+    another feature keeps there stays the node's own unless it is added here.
+    """
+    from atrium.auth.dev_issuer import load_or_create
+    from atrium.auth.internal import internal_secret
+
+    internal_secret(settings.data_dir)
+    # Where atrium.auth.internal keeps it (tests/unit/test_cluster_config.py checks).
+    shared = [settings.data_dir / "keys" / "internal-secret"]
+    if not settings.oidc_issuer:
+        shared.append(load_or_create(settings.data_dir).path)
+    for target in shared:
+        link = node_data_dir / target.relative_to(settings.data_dir)
+        link.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(os.path.relpath(target, link.parent))
+
+
+def node_configs(settings: Settings, base_config: Mapping[str, Any], databases: Databases,
+                 ports: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Orthanc's configuration of each node: its own ports and data directory; one
+    index, one Orthanc storage directory, one Atrium database, one object store, one
+    audit anchoring key and one AE title map for all."""
+    from atrium.operations.wiring import anchor_key_path
+
+    configs = []
+    for index, (http_port, dicom_port) in enumerate(ports, start=1):
+        config = orthanc_config(
+            base=base_config, data_dir=settings.data_dir, index_url=databases.index_url,
+            http_port=http_port, dicom_port=dicom_port, aet=settings.orthanc_aet,
+            atrium={"DatabaseUrl": databases.runtime_url,
+                    "DatabaseOwnerUrl": databases.owner_url,
+                    "OrthancIndexUrl": databases.index_url,
+                    "DataDir": str(node_dir(settings.data_dir, index)),
+                    "OrthancUrl": f"http://127.0.0.1:{http_port}",
+                    "StorageUrl": settings.storage_url,
+                    "AuditAnchorKey": str(anchor_key_path(settings)),
+                    "AetOrganizations": dict(settings.aet_organizations)},
+            python_script=REPO_ROOT / "plugin" / "atrium_entry.py",
+        )
+        config["Name"] = f"Atrium {settings.orthanc_aet} node-{index}"
+        configs.append(config)
+    return configs
+
+
+def _start_nodes(settings: Settings, base_config: Mapping[str, Any],
+                 started: contextlib.ExitStack, count: int) -> _Nodes:
+    haproxy_binary()  # before anything is started: a missing HAProxy is one line
+    databases = _prepare(settings, started)
+    from atrium.operations.anchoring import load_or_create_key
+    from atrium.operations.wiring import anchor_key_path
+
+    load_or_create_key(anchor_key_path(settings))  # once, before the nodes race for it
+    ports = [(_free_port(), _free_port()) for _ in range(count)]
+    env = {k: v for k, v in os.environ.items()
+           if k not in _DATABASE_VARIABLES | _NODE_VARIABLES}
+    orthancs, names = [], []
+    for index, config in enumerate(node_configs(settings, base_config, databases, ports),
+                                   start=1):
+        directory = node_dir(settings.data_dir, index)
+        share_keys(settings, directory)
+        orthanc = OrthancProcess(directory / "orthanc", config, env)
+        started.callback(orthanc.stop)
+        orthanc.launch()
+        orthancs.append(orthanc)
+        names.append(f"node-{index}")
+    for name, orthanc in zip(names, orthancs, strict=True):
+        try:
+            orthanc.wait_ready(_NODE_START_SECONDS)
+        except (RuntimeError, TimeoutError) as exc:
+            raise StartupError(f"Orthanc {name} did not start: "
+                               f"{_orthanc_error(orthanc, exc)}; see {orthanc.logfile}") from exc
+        print(f"atrium: {name} on {orthanc.url} (DICOM {orthanc.config['DicomPort']})",
+              flush=True)
+    config_text = haproxy_config(
+        http_port=settings.orthanc_http_port, dicom_port=settings.orthanc_dicom_port,
+        nodes=[Node(name, http, dicom) for name, (http, dicom) in zip(names, ports,
+                                                                       strict=True)])
+    balancer = Balancer(settings.data_dir / "balancer", config_text,
+                        settings.orthanc_http_port)
+    started.callback(balancer.stop)
+    balancer.start()
+    return _Nodes(orthancs, names, balancer)
+
+
+def _serve_nodes(settings: Settings, nodes: _Nodes) -> int:
+    """Serve until a signal. A node that exits is reported and the others go on
+    serving (HAProxy takes it out of rotation); no node left, or no HAProxy, ends
+    the run with status 1."""
+    url = f"http://127.0.0.1:{settings.orthanc_http_port}"
+    rows = [f"  {'Nodes' if i == 0 else '':<10} {name} {orthanc.url} (DICOM "
+            f"{orthanc.config['DicomPort']}), log {orthanc.logfile}"
+            for i, (name, orthanc) in enumerate(zip(nodes.names, nodes.orthancs, strict=True))]
+    rows.append(f"  Balancer   HAProxy, {nodes.balancer.config_path}; the {NODE_HEADER} "
+                "header names the node that answered")
+    print(_banner(settings, url, f"Atrium is running on {len(nodes.orthancs)} nodes behind "
+                  "HAProxy (Ctrl-C stops everything).", "\n".join(rows)), flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    reported: set[str] = set()
+    try:
+        while not stop.is_set():
+            for name, orthanc in zip(nodes.names, nodes.orthancs, strict=True):
+                if name not in reported and orthanc.proc is not None \
+                        and orthanc.proc.poll() is not None:
+                    reported.add(name)
+                    print(f"atrium: Orthanc {name} exited ({orthanc.proc.returncode}); the "
+                          f"other nodes serve on; see {orthanc.logfile}", file=sys.stderr)
+            if len(reported) == len(nodes.orthancs):
+                print("atrium: every node exited", file=sys.stderr)
+                return 1
+            proc = nodes.balancer.proc
+            if proc is not None and proc.poll() is not None:
+                print(f"atrium: HAProxy exited ({proc.returncode}); see "
+                      f"{nodes.balancer.logfile}", file=sys.stderr)
+                return 1
+            stop.wait(1)
+        return 0
+    finally:
+        print("atrium: stopping", file=sys.stderr)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _port_taken(port: int) -> bool:

@@ -38,6 +38,22 @@ def test_the_key_is_created_once_owner_only_and_then_reused(tmp_path: Path) -> N
     assert key_id(first.public_key()) == key_id(again.public_key())
 
 
+def test_nodes_creating_the_key_at_once_all_get_the_same_complete_key(tmp_path: Path) -> None:
+    """Replicas starting together on a shared volume: one creates the key, the others
+    read it whole (never a half-written file), and no draft is left behind."""
+    import multiprocessing
+
+    path = tmp_path / "shared" / "anchor.pem"
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        ids = pool.map(_key_id_of, [path] * 32)
+    assert len(set(ids)) == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["anchor.pem"]
+
+
+def _key_id_of(path: Path) -> str:
+    return key_id(load_or_create_key(path).public_key())
+
+
 def test_a_key_readable_by_others_is_refused_with_the_fix(tmp_path: Path) -> None:
     path = tmp_path / "anchor.pem"
     load_or_create_key(path)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 REALM_FILE = ROOT / "docker" / "keycloak" / "atrium-realm.json"
 LICENSE = ROOT / "LICENSE"
 
-SERVICES = {"orthanc", "postgres", "minio", "keycloak", "ohif"}
+SERVICES = {"orthanc", "balancer", "postgres", "minio", "keycloak", "ohif"}
 
 # SPEC §7: the roles tokens carry in realm_access.roles, and the operator who
 # reads the metrics (issue 14).
@@ -110,7 +112,7 @@ def plugin_source_names() -> set[str]:
 
 # --- docker-compose.yml ---------------------------------------------------------
 
-def test_compose_has_the_five_services(compose: dict[str, Any]) -> None:
+def test_compose_has_the_six_services(compose: dict[str, Any]) -> None:
     assert set(services(compose)) == SERVICES
 
 
@@ -195,11 +197,131 @@ def test_secrets_are_required_not_defaulted() -> None:
         assert all(ref in (":?", "?") for ref in references), f"{secret} has a default"
 
 
-def test_ohif_points_at_dicomweb_and_the_atrium_realm() -> None:
-    config = (ROOT / "docker" / "ohif" / "app-config.js").read_text()
-    for root in ("qidoRoot", "wadoRoot", "wadoUriRoot"):
-        assert re.search(root + r":[^,\n]*'/dicom-web'", config), root
-    assert "/realms/atrium" in config
+def compose_default(value: str) -> str:
+    """A compose value with each ``${NAME:-default}`` replaced by its default."""
+    return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:-([^}]*)\}", r"\1", value)
+
+
+def atrium_setting(compose: dict[str, Any], name: str) -> str:
+    """``name`` as the stack's Atrium services set it (with its defaults): one value."""
+    values = {compose_default(str(env[name])) for service in services(compose).values()
+              if isinstance(env := service.get("environment"), dict) and name in env}
+    assert len(values) == 1, f"{name}: {sorted(values)}"
+    return values.pop()
+
+
+def test_ohif_runs_atriums_ohif_release_with_atriums_generated_configuration(
+        compose: dict[str, Any]) -> None:
+    """docker/ohif/app-config.js is what Atrium's generator makes for the stack's
+    issuer and client (ATRIUM_OIDC_ISSUER, ATRIUM_OIDC_AUDIENCE of Atrium's service):
+    regenerate it with the command its first line names."""
+    from atrium.viewer.config import standalone_app_config_script
+    from atrium.viewer.install import OHIF_VERSION
+
+    ohif = services(compose)["ohif"]
+    assert ohif["image"] == f"ohif/app:v{OHIF_VERSION}"
+    committed = ROOT / "docker" / "ohif" / "app-config.js"
+    assert any(str(volume).startswith("./docker/ohif/app-config.js:/usr/share/nginx/html/"
+                                      "app-config.js") for volume in ohif["volumes"])
+    expected = standalone_app_config_script(
+        issuer=atrium_setting(compose, "ATRIUM_OIDC_ISSUER"),
+        client_id=atrium_setting(compose, "ATRIUM_OIDC_AUDIENCE"))
+    assert committed.read_text() == expected, (
+        "docker/ohif/app-config.js is not the generator's output: run the command in "
+        "its first line")
+    # Its nginx forwards /dicom-web/ and /api/ to a service of the stack it waits for.
+    template = (ROOT / "docker" / "ohif" / "default.conf.template").read_text()
+    upstream = re.search(r"proxy_pass http://([A-Za-z0-9_-]+):8042;", template)
+    assert upstream is not None
+    assert upstream.group(1) in services(compose)
+    assert upstream.group(1) in ohif["depends_on"]
+
+
+# --- several Orthanc + Atrium replicas behind the balancer (docs/DEPLOYMENT.md) ------
+
+HAPROXY_CFG = ROOT / "docker" / "haproxy" / "haproxy.cfg"
+
+
+def haproxy_sections() -> dict[str, list[str]]:
+    """'backend orthanc_http' -> its directive lines, comments dropped."""
+    result: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in HAPROXY_CFG.read_text().splitlines():
+        stripped = line.split("#", 1)[0].strip()
+        if not stripped:
+            continue
+        if line[0].isspace():
+            current.append(stripped)
+        else:
+            current = result.setdefault(stripped, [])
+    return result
+
+
+def test_orthanc_scales_without_host_ports(compose: dict[str, Any]) -> None:
+    orthanc = services(compose)["orthanc"]
+    assert int(orthanc["deploy"]["replicas"]) >= 2
+    assert "ports" not in orthanc, "a published port would clash between replicas"
+    assert "container_name" not in orthanc, "a fixed name cannot be scaled"
+    assert {"8042", "4242"} <= {str(port) for port in orthanc.get("expose") or []}
+
+
+def test_each_replica_keeps_its_own_data_dir_and_shares_the_anchor_key(
+        compose: dict[str, Any]) -> None:
+    orthanc = services(compose)["orthanc"]
+    environment = orthanc["environment"]
+    mounts = [str(volume).split(":")[1] for volume in orthanc["volumes"]]
+    data_dir = environment["ATRIUM_DATA_DIR"]
+    assert not any(data_dir.startswith(mount) for mount in mounts), \
+        "the node-local data directory is on a volume every replica shares"
+    anchor_key = environment["ATRIUM_AUDIT_ANCHOR_KEY"]
+    assert any(anchor_key.startswith(mount + "/") for mount in mounts), \
+        "the audit anchoring key must be on the shared volume"
+
+
+def test_the_balancer_owns_the_published_ports(compose: dict[str, Any]) -> None:
+    balancer = services(compose)["balancer"]
+    published = {mapping.rsplit(":", 1)[1] for mapping in balancer["ports"]}
+    assert published == {"8042", "4242"}
+    assert balancer["depends_on"]["orthanc"]["condition"] == "service_healthy"
+    mounts = {str(v).split(":")[0]: str(v).split(":")[1] for v in balancer["volumes"]}
+    assert mounts.get("./docker/haproxy/haproxy.cfg") == "/usr/local/etc/haproxy/haproxy.cfg"
+    assert "/api/health" in " ".join(balancer["healthcheck"]["test"])
+
+
+def test_haproxy_spreads_http_and_dicom_over_healthy_replicas() -> None:
+    config = haproxy_sections()
+    frontends = {name: lines for name, lines in config.items() if name.startswith("frontend")}
+    binds = {line for lines in frontends.values() for line in lines if line.startswith("bind")}
+    assert binds == {"bind :8042", "bind :4242"}
+    assert "http-request del-header X-Atrium-Internal" in config["frontend http"]
+    http, dicom = config["backend orthanc_http"], config["backend orthanc_dicom"]
+    assert "balance roundrobin" in http and "balance leastconn" in dicom
+    assert "mode tcp" in dicom
+    for backend in (http, dicom):
+        assert "option httpchk" in backend
+        assert "http-check send meth GET uri /api/health" in backend
+        assert "http-check expect status 200" in backend
+    templates = [line.split() for line in http + dicom if line.startswith("server-template")]
+    assert [t[3:] for t in templates] == [["orthanc:8042"], ["orthanc:4242", "port", "8042"]]
+    defaults = " ".join(config["defaults"])
+    assert "resolvers docker" in defaults and " check " in f" {defaults} "
+    assert "nameserver dns 127.0.0.11:53" in config["resolvers docker"]
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(),
+                    reason="HAProxy is not installed (scripts/bootstrap.sh --test installs it)")
+def test_haproxy_accepts_the_compose_configuration(tmp_path: Path) -> None:
+    # `orthanc` resolves inside the compose network only; here a look-up would just
+    # wait for the DNS server, so the copy checked starts its servers unresolved.
+    text = HAPROXY_CFG.read_text()
+    assert text.count("init-addr last,libc,none") == 1
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(text.replace("init-addr last,libc,none", "init-addr none"))
+    binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    checked = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True,
+                             text=True, check=False, timeout=60)
+    assert checked.returncode == 0, checked.stderr + checked.stdout
+    assert "WARNING" not in checked.stderr + checked.stdout, checked.stderr
 
 
 # --- Dockerfile -------------------------------------------------------------------
@@ -297,15 +419,26 @@ def test_realm_client_atrium_puts_audience_organization_and_roles_in_tokens(
     assert roles and roles[0].get("claim.name") == "realm_access.roles"
 
 
-def test_ohif_client_tokens_are_accepted_by_atrium(realm: dict[str, Any]) -> None:
-    ohif = client(realm, "ohif")
-    assert ohif.get("publicClient") is True and not ohif.get("directAccessGrantsEnabled")
-    audiences = {
-        m["config"].get("included.client.audience")
-        for m in ohif.get("protocolMappers", [])
-        if m["protocolMapper"] == "oidc-audience-mapper"
-    }
-    assert "atrium" in audiences
+def test_both_viewers_sign_in_with_atriums_client_by_pkce(
+        realm: dict[str, Any], compose: dict[str, Any]) -> None:
+    """Compose's OHIF (port 3000) and Atrium's own /viewer/ (port 8042) use the
+    client Atrium's configuration names, public, with PKCE (S256)."""
+    viewer = client(realm, atrium_setting(compose, "ATRIUM_OIDC_AUDIENCE"))
+    assert viewer.get("publicClient") is True and viewer.get("standardFlowEnabled")
+    assert not viewer.get("implicitFlowEnabled")
+    attributes = viewer.get("attributes", {})
+    assert attributes.get("pkce.code.challenge.method") == "S256"
+    logout = attributes.get("post.logout.redirect.uris", "").split("##")
+    for origin, path in (("http://localhost:3000", "/*"),
+                         ("http://localhost:8042", "/viewer/*"),
+                         ("http://127.0.0.1:8042", "/viewer/*")):
+        assert origin + path in viewer.get("redirectUris", []), origin
+        assert origin + path in logout, origin
+        assert origin in viewer.get("webOrigins", []), origin
+    # One client for every viewer: no second one to keep in step.
+    others = [c["clientId"] for c in realm.get("clients", []) if c is not viewer and any(
+        ":3000/" in uri or "/viewer/" in uri for uri in c.get("redirectUris", []))]
+    assert others == []
 
 
 def test_user_profile_declares_organization_editable_by_admins_only(

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import stat
 import threading
 from collections.abc import Callable, Iterable
@@ -78,17 +79,24 @@ def load_or_create_key(path: Path) -> Ed25519PrivateKey:
         pem = Ed25519PrivateKey.generate().private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption())
+        # Written whole to a file of this process, then linked into place: nodes
+        # starting together on a shared volume either create the key or read a
+        # complete one, never a half-written file.
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process created it first: use theirs
-        else:
             with os.fdopen(fd, "wb") as out:
                 out.write(pem)
                 out.flush()
                 os.fsync(out.fileno())
+            os.link(draft, path)
+        except FileExistsError:
+            pass  # another process created it first: use theirs
+        else:
             log.info("audit.anchor_key_created path=%s key_id=%s", path,
                      key_id(_read_private(path).public_key()))
+        finally:
+            draft.unlink(missing_ok=True)
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise AnchorError(f"the audit anchoring key {path} is readable by others "
