@@ -8,9 +8,11 @@ Atrium's database (fresh databases each time, one private PostgreSQL cluster), a
 runs the same work against each: REST ingest from four clients with a user's token
 (spread over the nodes), then searches from four clients (spread too). On this
 two-core machine a second node adds no cores, so the goal is no loss beyond 10 %,
-not a gain. With two nodes it then measures the mirror's lag under a steady load
-sent to both nodes, and kills the leader (``kill -9``) ``--failovers`` times,
-timing until the other node leads.
+not a gain. The same ingest into one and two Orthanc processes WITHOUT Atrium on a
+shared index is the baseline: what Orthanc itself loses with two writers. With two
+nodes it then measures the mirror's lag under a steady load sent to both nodes, and
+kills the leader (``kill -9``) ``--failovers`` times, timing until the other node
+leads.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class Nodes:
     """``count`` Orthanc + Atrium nodes over one index, one storage, one database."""
 
     def __init__(self, root: Path, cluster: LocalCluster, issuer: OidcIssuer, name: str,
-                 count: int) -> None:
+                 count: int, with_atrium: bool = True) -> None:
         index_db, atrium_db = f"{name}_index", f"{name}_atrium"
         cluster.ensure_database(index_db)
         cluster.ensure_database(atrium_db)
@@ -67,7 +69,8 @@ class Nodes:
                 atrium={"DatabaseUrl": self.database_url, "MirrorPollSeconds": 1,
                         "StorageUrl": f"file://{shared / 'objects'}",
                         "OidcIssuer": issuer.issuer},
-                python_script=REPO_ROOT / "plugin" / "atrium_entry.py")
+                python_script=REPO_ROOT / "plugin" / "atrium_entry.py",
+                with_atrium=with_atrium)
             config["StorageDirectory"] = config["IndexDirectory"] = str(shared / "storage")
             self.processes.append(OrthancProcess(workdir, config, env))
         for process in self.processes:
@@ -81,24 +84,28 @@ class Nodes:
             process.stop()
 
 
-def ingest(urls: list[str], data: list[tuple[str, bytes]], token: str,
-           watcher: RowWatcher) -> tuple[float, float]:
+def ingest(urls: list[str], data: list[tuple[str, bytes]], token: str | None,
+           watcher: RowWatcher | None) -> tuple[float, float]:
     """Instances a second, stored (until the last acknowledgement) and mirrored
-    (until the last row)."""
+    (until the last row). Without a token: Orthanc's own ``POST /instances``."""
     chunks = [data[i::CLIENTS] for i in range(CLIENTS)]
+    path = "/api/instances" if token else "/instances"
 
     def client(n: int) -> None:
         url = urls[n % len(urls)]
         with requests.Session() as session:
-            session.headers["Authorization"] = f"Bearer {token}"
+            if token:
+                session.headers["Authorization"] = f"Bearer {token}"
             for _, blob in chunks[n]:
-                session.post(f"{url}/api/instances", data=blob, timeout=60,
+                session.post(f"{url}{path}", data=blob, timeout=60,
                              headers=DICOM).raise_for_status()
 
     started = time.perf_counter()
     with ThreadPoolExecutor(CLIENTS) as pool:
         list(pool.map(client, range(CLIENTS)))
     stored = time.perf_counter() - started
+    if watcher is None:
+        return len(data) / stored, len(data) / stored
     wanted = {sop for sop, _ in data}
     while not wanted <= watcher.seen.keys():
         time.sleep(0.02)
@@ -197,12 +204,24 @@ def main() -> int:
 
     root, cluster = private_cluster("atrium-scale-")
     results: dict[int, dict[str, list[float]]] = {1: {}, 2: {}}
+    baseline: dict[int, list[float]] = {1: [], 2: []}
     lags: list[float] = []
     failovers: list[float] = []
     try:
         with OidcIssuer() as issuer:
             token = issuer.token_for("bench", ["admin"], "Default", exp=int(time.time()) + 86400)
             for round_ in range(1, args.rounds + 1):
+                for count in (1, 2):
+                    alone = Nodes(root, cluster, issuer, f"r{round_}o{count}", count,
+                                  with_atrium=False)
+                    try:
+                        rate, _ = ingest(alone.urls, generate(args.instances, "ALONE"),
+                                         None, None)
+                    finally:
+                        alone.stop()
+                    baseline[count].append(rate)
+                    print(f"round {round_}, {count} Orthanc(s) without Atrium: stored "
+                          f"{rate:.0f}/s", flush=True)
                 for count in (1, 2):
                     nodes = Nodes(root, cluster, issuer, f"r{round_}n{count}", count)
                     watcher = RowWatcher(nodes.database_url)
@@ -244,6 +263,9 @@ def main() -> int:
         one, two = results[1][key], results[2][key]
         print(f"| {label} | {spread(one)} | {spread(two)} | "
               f"{statistics.median(two) / statistics.median(one):.2f} |")
+    one, two = baseline[1], baseline[2]
+    print(f"| Orthanc alone, REST ingest stored/s | {spread(one)} | {spread(two)} | "
+          f"{statistics.median(two) / statistics.median(one):.2f} |")
     if lags:
         print(f"\nmirror lag with 2 nodes ({len(lags)} instances at {args.lag_rate:g}/s): "
               f"p50 {statistics.median(lags):.3f} s, p99 {percentile(lags, 0.99):.3f} s, "
