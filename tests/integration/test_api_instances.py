@@ -4,10 +4,19 @@ uploader's organization; nothing else gets in."""
 from __future__ import annotations
 
 import io
+import types
+import uuid
 
+import psycopg
 import pydicom
+import pytest
 import requests
 
+from atrium.api import instances
+from atrium.api.http import Request, problem_response
+from atrium.dicom.scan import DEFAULT_LIMITS
+from atrium.errors import ApiError, ServiceUnavailable
+from atrium.orthanc_api import OrthancError
 from tests.integration.conftest import AtriumUnderTest
 from tests.support.dicomgen import StudySpec, make_study
 
@@ -67,3 +76,38 @@ def test_bad_uploads_are_clear_4xx_problems(atrium: AtriumUnderTest) -> None:
     anonymous = requests.post(f"{atrium.url}/api/instances", data=blob, headers=DICOM,
                               timeout=30)
     assert anonymous.status_code == 401
+
+
+def test_a_store_orthanc_could_not_do_now_is_a_503_to_retry(db_url: str) -> None:
+    """With several nodes on one index, Orthanc answers 503 to a store that collided
+    with another node's transaction: the uploader gets 503 and Retry-After (send it
+    again), never a 500; other failures stay errors of the server."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        organization = conn.execute("INSERT INTO organizations (name) VALUES ('Busy') "
+                                    "RETURNING id").fetchone()[0]
+
+    class Orthanc:
+        status = 503
+
+        def post(self, path: str, body: bytes) -> bytes:
+            raise OrthancError(path, self.status, "database busy")
+
+    orthanc = Orthanc()
+    app = types.SimpleNamespace(
+        dicom_limits=DEFAULT_LIMITS, orthanc_http=orthanc,
+        pool=types.SimpleNamespace(connection=lambda: psycopg.connect(db_url)))
+    upload = instances.routes(app)[0].handler  # type: ignore[arg-type]
+    blob = make_study(StudySpec(patient_id=f"BUSY-{uuid.uuid4().hex[:6]}", series=1,
+                                instances_per_series=1))[0]
+    request = Request("POST", "/api/instances", body=blob,
+                      caller=types.SimpleNamespace(organization_id=organization))
+    with pytest.raises(ServiceUnavailable) as busy:
+        upload(request)
+    answer = problem_response(busy.value)
+    assert (answer.status, answer.headers.get("Retry-After")) == (503, "5")
+    assert "send it again" in busy.value.detail
+
+    orthanc.status = 500
+    with pytest.raises(ApiError) as failed:
+        upload(request)
+    assert failed.value.status == 500

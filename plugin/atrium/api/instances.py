@@ -17,7 +17,7 @@ from atrium.api.schema import obj, string
 from atrium.assignments import claim_study
 from atrium.auth.principal import Permission
 from atrium.dicom.admission import admit_file
-from atrium.errors import ApiError, BadRequest
+from atrium.errors import ApiError, BadRequest, ServiceUnavailable
 from atrium.orthanc_api import OrthancError
 
 if TYPE_CHECKING:
@@ -41,6 +41,11 @@ def routes(app: Atrium) -> list[Route]:
         except OrthancError as exc:
             if exc.status in (400, 404, 415):
                 raise BadRequest(f"Orthanc refused the file: {str(exc)[:300]}") from None
+            if exc.status == 503:
+                # Orthanc's index collided with another node's write (several nodes
+                # share it) or is unreachable: nothing was stored, a retry will do.
+                raise ServiceUnavailable("Orthanc could not store the file just now; "
+                                         "send it again.") from None
             raise ApiError("Orthanc could not store the file.") from exc
         answer = json.loads(stored) if stored else {}
         status = str(answer.get("Status", ""))
