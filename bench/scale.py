@@ -18,6 +18,7 @@ leads.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -84,6 +85,23 @@ class Nodes:
             process.stop()
 
 
+RETRIED: collections.Counter[str] = collections.Counter()  # 503s sent again, per phase
+PHASE = ["ingest"]
+
+
+def store(session: requests.Session, url: str, blob: bytes) -> None:
+    """Store as a client should: a 503 (Orthanc's shared index collided with another
+    node's write; nothing was stored) is sent again after a short pause."""
+    for _ in range(50):
+        answer = session.post(url, data=blob, timeout=60, headers=DICOM)
+        if answer.status_code != 503:
+            answer.raise_for_status()
+            return
+        RETRIED[PHASE[0]] += 1
+        time.sleep(0.1)
+    answer.raise_for_status()
+
+
 def ingest(urls: list[str], data: list[tuple[str, bytes]], token: str | None,
            watcher: RowWatcher | None) -> tuple[float, float]:
     """Instances a second, stored (until the last acknowledgement) and mirrored
@@ -97,8 +115,7 @@ def ingest(urls: list[str], data: list[tuple[str, bytes]], token: str | None,
             if token:
                 session.headers["Authorization"] = f"Bearer {token}"
             for _, blob in chunks[n]:
-                session.post(f"{url}{path}", data=blob, timeout=60,
-                             headers=DICOM).raise_for_status()
+                store(session, f"{url}{path}", blob)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(CLIENTS) as pool:
@@ -147,9 +164,7 @@ def lag(urls: list[str], data: list[tuple[str, bytes]], token: str, watcher: Row
         delay = started + n / rate - time.perf_counter()
         if delay > 0:
             time.sleep(delay)
-        sessions[n % len(urls)].post(f"{urls[n % len(urls)]}/api/instances", data=blob,
-                                     headers=DICOM,
-                                     timeout=60).raise_for_status()
+        store(sessions[n % len(urls)], f"{urls[n % len(urls)]}/api/instances", blob)
         acks[sop] = time.time()
     while not acks.keys() <= watcher.seen.keys():
         time.sleep(0.02)
@@ -212,6 +227,7 @@ def main() -> int:
             token = issuer.token_for("bench", ["admin"], "Default", exp=int(time.time()) + 86400)
             for round_ in range(1, args.rounds + 1):
                 for count in (1, 2):
+                    PHASE[0] = f"{count} Orthanc(s) alone"
                     alone = Nodes(root, cluster, issuer, f"r{round_}o{count}", count,
                                   with_atrium=False)
                     try:
@@ -223,6 +239,7 @@ def main() -> int:
                     print(f"round {round_}, {count} Orthanc(s) without Atrium: stored "
                           f"{rate:.0f}/s", flush=True)
                 for count in (1, 2):
+                    PHASE[0] = f"{count} node(s)"
                     nodes = Nodes(root, cluster, issuer, f"r{round_}n{count}", count)
                     watcher = RowWatcher(nodes.database_url)
                     watcher.start()
@@ -270,6 +287,9 @@ def main() -> int:
         print(f"\nmirror lag with 2 nodes ({len(lags)} instances at {args.lag_rate:g}/s): "
               f"p50 {statistics.median(lags):.3f} s, p99 {percentile(lags, 0.99):.3f} s, "
               f"max {max(lags):.3f} s (goal p99 ≤ 1 s)")
+    print("stores answered 503 and sent again: "
+          + (", ".join(f"{phase} {count}" for phase, count in sorted(RETRIED.items()))
+             or "none"))
     if failovers:
         print(f"failover after kill -9 of the leader ({len(failovers)}): median "
               f"{statistics.median(failovers):.2f} s, {min(failovers):.2f}–"
