@@ -16,7 +16,6 @@ foreground as a child of ``atrium run``, which stops it with everything else.
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -24,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from atrium.devenv import terminate
 from atrium.pgserver import StartupError
 
 __all__ = ["NODE_HEADER", "Balancer", "Node", "haproxy_binary", "haproxy_config"]
@@ -190,11 +190,4 @@ class Balancer:
 
     def stop(self, timeout: float = 10) -> None:
         """SIGTERM: HAProxy closes its listeners and connections at once."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, timeout)

@@ -386,6 +386,18 @@ def orthanc_config(
     return config
 
 
+def terminate(proc: subprocess.Popen[Any] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if ``proc`` has not exited within ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class OrthancProcess:
     """One Orthanc process started from a configuration file we write."""
 
@@ -456,14 +468,7 @@ class OrthancProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, timeout: float = 30) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        terminate(self.proc, timeout)
 
     def kill(self) -> None:
         """``kill -9``: no clean-up, no flush, exactly like a crash."""

@@ -8,6 +8,7 @@ test that crashes, restarts or cuts off its services.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -221,3 +222,23 @@ def anchorer(db_url: str, store: FileObjectStore, tmp_path: Path) -> Anchorer:
     """Checkpoints of :func:`db`'s audit chain into :func:`store`, a key of the test's own."""
     key = load_or_create_key(tmp_path / "keys" / "anchor.pem")
     return Anchorer(lambda: psycopg.connect(db_url, autocommit=True), store, key, node="test")
+
+
+@pytest.fixture(scope="module")
+def screenshots() -> Path:
+    """Where the viewer tests save a screenshot of each step for a person to look at
+    (``ATRIUM_SCREENSHOTS``, else ``build/viewer-screenshots``, which git ignores)."""
+    directory = Path(os.environ.get("ATRIUM_SCREENSHOTS")
+                     or REPO_ROOT / "build" / "viewer-screenshots")
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """A fresh headless Chromium per test, nothing signed in, WebGL drawn by
+    SwiftShader as OHIF's viewports need (the slide viewer's modules define their own)."""
+    from tests.support.browser import ohif_chromium
+
+    with ohif_chromium() as driver:
+        yield driver

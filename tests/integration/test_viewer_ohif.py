@@ -11,11 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
@@ -30,9 +28,8 @@ from selenium import webdriver
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 
-from atrium.devenv import REPO_ROOT
 from tests.integration.conftest import AtriumUnderTest
-from tests.support.browser import headless_chromium, needs_chromium
+from tests.support.browser import needs_chromium, ohif_chromium
 from tests.support.dicomgen import StudySpec, make_instance, make_study
 
 pytestmark = [pytest.mark.integration, needs_chromium]
@@ -49,28 +46,6 @@ def wait_for(condition: Callable[[], T], what: str, timeout: float = 60) -> T:
             return value
         time.sleep(0.2)
     raise TimeoutError(f"waited {timeout:.0f}s for {what}")
-
-
-@pytest.fixture(scope="module")
-def screenshots() -> Path:
-    directory = Path(os.environ.get("ATRIUM_SCREENSHOTS")
-                     or REPO_ROOT / "build" / "viewer-screenshots")
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    """A fresh Chromium per test: a new session, nothing signed in."""
-    with chromium() as driver:
-        yield driver
-
-
-@contextmanager
-def chromium() -> Iterator[webdriver.Chrome]:
-    """Headless Chromium; OHIF's viewport needs WebGL, drawn here by SwiftShader."""
-    with headless_chromium((1400, 900), webgl=True) as driver:
-        yield driver
 
 
 def save(driver: webdriver.Chrome, directory: Path, name: str) -> None:
@@ -365,7 +340,7 @@ def test_a_length_drawn_with_the_mouse_is_kept_in_atrium_and_comes_back(
         assert abs(got[0] - want[0]) <= 1 and abs(got[1] - want[1]) <= 1, (points, expected)
     assert took <= 2, f"the annotation was written {took:.1f}s after the mouse was released"
 
-    with chromium() as fresh:
+    with ohif_chromium() as fresh:
         open_study(fresh, atrium, north, ct["spec"].study_uid, screenshots, "5-reopen")
         uid = f"atrium-{annotation['id']}"
         wait_on_page(fresh, screenshots, "5-reopen", lambda: fresh.execute_script(

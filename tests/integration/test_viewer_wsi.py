@@ -9,9 +9,7 @@ Screenshots go where tests/integration/test_viewer_ohif.py puts its own."""
 from __future__ import annotations
 
 import io
-import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +20,13 @@ from PIL import Image, ImageCms
 from selenium import webdriver
 from selenium.webdriver.common.by import By
 
-from atrium.devenv import REPO_ROOT
 from tests.integration.conftest import AtriumUnderTest
 from tests.integration.test_slides_dicom import stow, wait_slide
-from tests.integration.test_viewer_ohif import chromium, list_text, save, sign_in, wait_on_page
+from tests.integration.test_viewer_ohif import list_text, save, sign_in, wait_on_page
 from tests.support.browser import needs_chromium
 from tests.support.wsigen import WsiSpec, make_wsi_series
 
 pytestmark = [pytest.mark.integration, needs_chromium]
-
-
-@pytest.fixture(scope="module")
-def screenshots() -> Path:
-    directory = Path(os.environ.get("ATRIUM_SCREENSHOTS")
-                     or REPO_ROOT / "build" / "viewer-screenshots")
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    with chromium() as driver:
-        yield driver
 
 
 def with_icc_profile(blob: bytes) -> bytes:

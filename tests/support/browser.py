@@ -65,6 +65,13 @@ def headless_chromium(window: tuple[int, int] = WINDOW, *, webgl: bool = False
         driver.quit()
 
 
+@contextmanager
+def ohif_chromium() -> Iterator[webdriver.Chrome]:
+    """Headless Chromium for OHIF, whose viewports need WebGL (drawn by SwiftShader)."""
+    with headless_chromium((1400, 900), webgl=True) as driver:
+        yield driver
+
+
 def open_page(driver: webdriver.Chrome, url: str) -> None:
     """Load ``url`` afresh (from a blank page: the same page with only another
     fragment would not load again), forgetting what earlier pages logged."""
