@@ -54,7 +54,7 @@ __all__ = ["HEARTBEAT_SECONDS", "INTERRUPTED_ADVICE", "STALE_SECONDS", "Job", "O
            "Runner", "fail_orphan", "interrupted", "recover_orphans"]
 
 HEARTBEAT_SECONDS = 10.0
-STALE_SECONDS = 120.0  # twelve missed heartbeats: a runner this silent is gone
+STALE_SECONDS = 60.0  # six missed heartbeats: a runner this silent is gone (JobStaleSeconds)
 ACTIVE = ("queued", "running")
 
 
