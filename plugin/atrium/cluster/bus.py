@@ -48,9 +48,7 @@ class ClusterBus:
         self._resyncs: list[Callable[[], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._conn: Any = None
         self.listening = threading.Event()
-        self.received = 0
 
     def subscribe(self, topic: str, handler: Handler,
                   resync: Callable[[], None] | None = None) -> None:
@@ -77,7 +75,6 @@ class ClusterBus:
         except (ValueError, TypeError):
             log.warning("bus.bad_message payload=%r", payload[:200])
             return
-        self.received += 1
         for handler in self._handlers.get(str(topic), ()):
             try:
                 handler(str(detail))

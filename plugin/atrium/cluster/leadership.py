@@ -72,7 +72,6 @@ class Leadership:
         self._leading = False
         self._next_round_trip = 0.0
         self._lock = threading.Lock()
-        self.since: float | None = None  # time.time() this node began leading
 
     @property
     def leading(self) -> bool:
@@ -116,14 +115,12 @@ class Leadership:
         row = self._conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
         if row and row[0]:
             self._leading = True
-            self.since = time.time()
             log.info("mirror.leader node=%s", self.node)
 
     def _lost(self, exc: Exception) -> None:
         if self._leading:
             log.warning("mirror.leadership_lost node=%s error=%r", self.node, exc)
         self._leading = False
-        self.since = None
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):  # it is already broken
