@@ -374,7 +374,6 @@ class Atrium:
 
         def full_check() -> None:
             maintain(settings.owner_url)
-            recover_jobs()
             upload_store.expire()
             report = compare(reader, pool.connection)
             if not report.clean:
