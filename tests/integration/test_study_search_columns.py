@@ -199,3 +199,66 @@ def test_a_searchs_walk_filters_on_its_index_alone(atrium: AtriumUnderTest, inde
             "AND s.study_date >= '2019-01-01' ORDER BY s.created_at DESC, s.id DESC LIMIT 51",
             (uuid.uuid4(),)))
     assert f"Index Only Scan using {index} on studies" in plan, plan
+
+
+# Studies written straight into the tables for the sampled search below: thousands
+# of them through the mirror would take minutes. Study g is de-identified when g % 5
+# is 0; its description and modality make four kinds of match, newest = highest g:
+# "common" every other study, "sparse" one in 700 (found in the sample, too few
+# for a page), "deep" only among the oldest, and "brain" + MR nowhere.
+_SAMPLED = ("""
+WITH org AS (INSERT INTO organizations (name) VALUES (%(org)s) RETURNING id)
+INSERT INTO patients (patient_id, organization_id, is_deidentified)
+SELECT %(org)s || '-' || g, org.id, g %% 5 = 0 FROM generate_series(1, %(n)s) g, org
+""", """
+INSERT INTO studies (study_instance_uid, patient_id, organization_id, study_description,
+                     modality, created_at)
+SELECT %(org)s || '.' || g, p.id, p.organization_id,
+       concat_ws(' ', CASE WHEN g %% 2 = 0 THEN 'common' END,
+                 CASE WHEN g %% 700 = 0 THEN 'sparse' END,
+                 CASE WHEN g <= 40 THEN 'deep' END, 'brain'),
+       CASE WHEN g %% 3 = 0 THEN 'CT' ELSE 'US' END,
+       now() - (%(n)s - g) * interval '1 second'
+FROM generate_series(1, %(n)s) g JOIN patients p ON p.patient_id = %(org)s || '-' || g
+""", "ANALYZE studies")
+_PLAIN = """
+SELECT s.id FROM studies s JOIN organizations o ON o.id = s.organization_id
+WHERE o.name = %(org)s AND (%(phi)s OR s.deidentified)
+  AND (%(modality)s::text IS NULL OR s.modalities @> ARRAY[%(modality)s]::text[])
+  AND s.description_tsv @@ websearch_to_tsquery('english', %(q)s)
+ORDER BY s.created_at DESC, s.id DESC
+"""
+
+
+@pytest.mark.parametrize(("q", "modality"), [
+    ("common", None), ("common", "CT"), ("sparse", None), ("deep", None), ("brain", "MR")])
+def test_a_sampled_search_pages_exactly_what_the_plain_query_finds(
+        atrium: AtriumUnderTest, q: str, modality: str | None) -> None:
+    """Words or a modality: the search walks a sample first (atrium.api.studies), then
+    ends, walks on, or sorts what idx_studies_search finds; every path gives the
+    plain query's studies in the plain query's order, page after page."""
+    from atrium.api.studies import SAMPLE
+
+    org = "Sampled search"
+    if not atrium.sql("SELECT 1 FROM organizations WHERE name = %s", (org,)):
+        with psycopg.connect(atrium.database_url, autocommit=True) as conn:
+            for statement in _SAMPLED:
+                conn.execute(statement, {"org": org, "n": SAMPLE + 1500}
+                             if "%(" in statement else None)
+    for role in ("clinician", "researcher"):
+        expected = [str(row[0]) for row in atrium.sql(
+            _PLAIN, {"org": org, "phi": role == "clinician", "modality": modality, "q": q})]
+        pages: list[str] = []
+        cursor = None
+        while True:
+            params = {"q": q, "limit": 40, **({"modality": modality} if modality else {}),
+                      **({"cursor": cursor} if cursor else {})}
+            answer = requests.get(atrium.url + "/api/studies", params=params,
+                                  headers=atrium.auth(role, org), timeout=30)
+            assert answer.status_code == 200, answer.text
+            pages.extend(item["id"] for item in answer.json()["items"])
+            cursor = answer.json()["next_cursor"]
+            if cursor is None:
+                break
+        assert pages == expected, (role, q, modality)
+    assert expected or (q, modality) == ("brain", "MR")
