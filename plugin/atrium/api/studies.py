@@ -22,15 +22,6 @@ without ``READ_PHI``) and filtering until the page is full (matches are common) 
 by finding the matches through another index — ``idx_studies_search`` for words and
 modality together — and sorting them (matches are rare). It never reads
 ``patients``: the answer's ``patient_is_deidentified`` is the study's copy.
-
-How rare the matches of words and a modality are, PostgreSQL can only guess (it
-takes the conditions as independent), and a wrong guess either way costs: walking
-every study to find that a researcher's word and modality match none, or sorting
-thousands of matches of a common word. So such a search walks a sample first — the
-:data:`SAMPLE` newest studies in scope, on the walk's index alone — and decides on
-what it found: a full page ends the search; some matches go on walking after the
-sample; none at all means matches are rarer than one in :data:`SAMPLE`, and they are
-found through ``idx_studies_search`` and sorted.
 """
 
 from __future__ import annotations
@@ -41,14 +32,7 @@ from psycopg import sql
 
 from atrium.api.http import AuditNote, Reply, Request, Response, Route, json_response
 from atrium.api.jobs import JOB, Work, read_job
-from atrium.api.pagination import (
-    PAGE_PARAMETERS,
-    Keyset,
-    keyset_condition,
-    page,
-    page_request,
-    page_schema,
-)
+from atrium.api.pagination import PAGE_PARAMETERS, Keyset, page, page_request, page_schema
 from atrium.api.patients import READERS
 from atrium.api.schema import (
     array,
@@ -74,7 +58,7 @@ from atrium.errors import Conflict, NotFound
 if TYPE_CHECKING:
     from atrium.app import Atrium
 
-__all__ = ["INSTANCE", "SAMPLE", "SERIES", "STUDY", "routes"]
+__all__ = ["INSTANCE", "SERIES", "STUDY", "routes"]
 
 _TAGS = obj({}, additional=True, description="DICOM tags (the data model's tag JSON)")
 _COMMON = {"orthanc_id": nullable(string()), "metadata": _TAGS, "created_at": date_time(),
@@ -187,17 +171,6 @@ _DESCRIPTION_MATCHES = sql.SQL("s.description_tsv @@ websearch_to_tsquery('engli
 # s.modalities holds the study's own modality and those of its live series: the same
 # studies as "s.modality = x OR a live series has modality x", from idx_studies_search.
 _MODALITY = sql.SQL("s.modalities @> ARRAY[%s]::text[]")
-# The studies a search by words or modality walks before it judges how rare its
-# matches are: about 1 ms of the walk's index. None among them means at most about
-# one study in SAMPLE matches, few enough to find through idx_studies_search and sort.
-SAMPLE = 3000
-_SAMPLE_WALK = sql.SQL("""
-SELECT w.id, w.created_at, w.matches, w.n FROM (
-    SELECT s.id, s.created_at, ({filters}) AS matches,
-           row_number() OVER (ORDER BY {order}) AS n
-    FROM studies s WHERE {scope} ORDER BY {order} LIMIT %s) w
-WHERE w.matches OR w.n = %s LIMIT %s
-""")
 _FILTERS: dict[str, str] = {
     "patient_id": "s.patient_id = %s",
     "date_from": "s.study_date >= %s",
@@ -233,49 +206,6 @@ def search_scope(caller: Any) -> Conditions:
     return where
 
 
-def _run(conn: Any, query: sql.Composable, params: list[Any]) -> list[tuple[Any, ...]]:
-    # Planned for its values every time. psycopg prepares a statement it has run 5
-    # times, and PostgreSQL may then reuse a generic plan that guesses how many rows
-    # the filters keep (a date range: 0.5%) — for a modality and a year at 100,000
-    # studies, a 40 ms plan instead of a 5 ms one.
-    return conn.execute(query, params, prepare=False).fetchall()
-
-
-def _walk(scope: Conditions, filters: Conditions) -> sql.Composable:
-    """The ids of a page of matches, newest first; parameters: the scope's, the
-    filters', the page's size."""
-    return sql.SQL("SELECT s.id FROM studies s WHERE {} AND {} ORDER BY {} LIMIT %s").format(
-        scope.sql(), filters.sql(), ORDER.order_by())
-
-
-def _sampled_search(conn: Any, scope: Conditions, filters: Conditions, fetch: int
-                    ) -> list[tuple[Any, ...]]:
-    """The rows of the first ``fetch`` matches, newest first, by a walk of a
-    sample and then whichever path its finds call for (see the module's text)."""
-    sampled = _run(conn, _SAMPLE_WALK.format(filters=filters.sql(), scope=scope.sql(),
-                                             order=ORDER.order_by()),
-                   [*filters.params, *scope.params, SAMPLE, SAMPLE, fetch + 1])
-    ids = [row[0] for row in sampled if row[2]][:fetch]
-    last = sampled[-1] if sampled and sampled[-1][3] == SAMPLE else None
-    if len(ids) < fetch and last is not None:
-        if ids:  # matches are not rare: walk on after the sample
-            beyond = Conditions().add(scope.sql(), *scope.params).add(
-                keyset_condition(ORDER.columns), last[1], last[0])
-            ids += [row[0] for row in _run(conn, _walk(beyond, filters),
-                                           [*beyond.params, *filters.params,
-                                            fetch - len(ids)])]
-        else:  # rarer than one in SAMPLE: from idx_studies_search, sorted
-            with conn.transaction():
-                conn.execute("SELECT set_config('enable_indexscan', 'off', true), "
-                             "set_config('enable_indexonlyscan', 'off', true)")
-                ids = [row[0] for row in _run(conn, _walk(scope, filters),
-                                              [*scope.params, *filters.params, fetch])]
-    if not ids:
-        return []
-    return _run(conn, sql.SQL("{} WHERE s.id = ANY(%s) ORDER BY {}").format(
-        _SEARCH_SELECT, ORDER.order_by()), [ids])
-
-
 def routes(app: Atrium) -> list[Route]:
     deidentifier = app.deidentifier
 
@@ -299,27 +229,28 @@ def routes(app: Atrium) -> list[Route]:
         args = request.args
         wanted = ORDER.request(args)
         after, values = ORDER.after(wanted)
-        scope = search_scope(request.caller).add(after, *values)
-        filters = Conditions()
+        where = search_scope(request.caller).add(after, *values)
         # The modality before the words: PostgreSQL tests conditions of equal cost in
         # the order given, and comparing a short array is cheaper than a text search.
         if "modality" in args:
-            filters.add(_MODALITY, args["modality"])
+            where.add(_MODALITY, args["modality"])
         if "q" in args:
             require_words(args["q"])
-            filters.add(_DESCRIPTION_MATCHES, args["q"])
+            where.add(_DESCRIPTION_MATCHES, args["q"])
         for name, condition in _FILTERS.items():
             if name in args:
-                filters.add(condition, args[name])
+                where.add(condition, args[name])
+        # The page's ids first, from the walk's index alone (sql/0025), then their rows.
+        query = sql.SQL("{} JOIN (SELECT s.id FROM studies s WHERE {} ORDER BY {} LIMIT %s) "
+                        "page ON page.id = s.id ORDER BY {}").format(
+            _SEARCH_SELECT, where.sql(), ORDER.order_by(), ORDER.order_by())
         with app.pool.connection() as conn:
-            if "modality" in args or "q" in args:
-                rows = _sampled_search(conn, scope, filters, wanted.fetch)
-            else:
-                # The page's ids first, from the walk's index alone (sql/0025), then
-                # their rows.
-                rows = _run(conn, sql.SQL("{} JOIN ({}) page ON page.id = s.id ORDER BY {}")
-                            .format(_SEARCH_SELECT, _walk(scope, filters), ORDER.order_by()),
-                            [*scope.params, *filters.params, wanted.fetch])
+            # Planned for its values every time. psycopg prepares a statement it has
+            # run 5 times, and PostgreSQL may then reuse a generic plan that guesses how
+            # many rows the filters keep (a date range: 0.5%) — for a modality and a
+            # year at 100,000 studies, a 40 ms plan instead of a 5 ms one.
+            rows = conn.execute(query, [*where.params, wanted.fetch],
+                                prepare=False).fetchall()
         studies = [_named(_STUDY_COLUMNS, r) for r in rows]
         answer = ORDER.page(studies, wanted.limit, key=lambda s: (s["created_at"], s["id"]))
         return json_response(answer, audit=AuditNote(
