@@ -59,17 +59,35 @@ def dead_process_memory(directory: Path, ids: list[str]) -> None:
     (directory / str(child.pid)).write_text("\n".join(ids))
 
 
+def held(path: Path) -> list[str]:
+    """The instances a memory file names, as a reader after a crash takes them."""
+    lines = path.read_text().splitlines()
+    assert "." in lines, "a record ends with its '.' line"
+    return sorted(lines[:lines.index(".")])
+
+
 def test_the_memory_holds_what_is_being_parsed_and_only_that(tmp_path: Path) -> None:
     memory = ParseMemory(tmp_path)
     mine = tmp_path / str(os.getpid())
     with memory.parsing("a"), memory.parsing("b"):
-        assert sorted(mine.read_text().splitlines()) == ["a", "b"]
+        assert held(mine) == ["a", "b"]
         with memory.parsing("c", again=True):
-            assert sorted(mine.read_text().splitlines()) == ["a", "b", "c again"]
-    assert not mine.exists()
+            assert held(mine) == ["a", "b", "c again"]
+        assert held(mine) == ["a", "b"]
+    assert held(mine) == []
+    assert mine.read_text() == ".\n", "cut to the length of what it holds"
     with pytest.raises(RuntimeError), memory.parsing("c"):
         raise RuntimeError("Orthanc answered badly")
-    assert not mine.exists(), "a parse that failed without a crash is not a suspect"
+    assert held(mine) == [], "a parse that failed without a crash is not a suspect"
+
+
+def test_a_record_cut_short_by_a_crash_names_only_what_was_in_flight(tmp_path: Path) -> None:
+    """A process that died between writing a shorter record over a longer one and
+    cutting the file leaves the longer one's tail behind the '.': it is not read."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    tmp_path.joinpath(str(child.pid)).write_text("x\n.\ny again\nz\n.\n")
+    assert ParseMemory(tmp_path).left_over() == {"x": False}
 
 
 def test_what_a_dead_process_left_is_handed_over_once(tmp_path: Path) -> None:
@@ -108,12 +126,12 @@ def test_one_file_in_flight_when_the_process_died_is_read_again_not_quarantined(
     alone: list[list[str]] = []
 
     def reparse(orthanc_id: str) -> None:
-        alone.append((tmp_path / str(os.getpid())).read_text().splitlines())
+        alone.append(held(tmp_path / str(os.getpid())))
 
     assert instance_guard.recover(reparse) == []
     assert alone == [["innocent again"]]
     assert quarantine.added == []
-    assert not (tmp_path / str(os.getpid())).exists()
+    assert held(tmp_path / str(os.getpid())) == [], "cleared once read again"
 
 
 def test_a_file_that_stops_orthanc_again_when_read_alone_is_quarantined(
@@ -136,7 +154,7 @@ def test_several_in_flight_are_each_read_again_alone(tmp_path: Path) -> None:
 
     def reparse(orthanc_id: str) -> None:
         # What the memory holds while this one is parsed: it alone.
-        alone.append((tmp_path / str(os.getpid())).read_text().splitlines())
+        alone.append(held(tmp_path / str(os.getpid())))
 
     assert instance_guard.recover(reparse) == []
     assert alone == [["a again"], ["b again"]]

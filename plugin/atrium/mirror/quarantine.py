@@ -59,19 +59,28 @@ class OrthancReader(Protocol):
 
 _AGAIN = "again"
 """The mark of a parse that is itself the re-reading of a crash suspect."""
+_END = "."
+"""The line that ends a record of :class:`ParseMemory`."""
 
 
 class ParseMemory:
     """The instances whose files Orthanc is parsing for this process right now,
     written to ``<directory>/<pid>`` on every change (no fsync: it must outlive a
     crash of the process, not of the machine). One line per instance: its id, and
-    ``again`` when it is being read again alone after a crash."""
+    ``again`` when it is being read again alone after a crash; then a line ``.``.
+
+    The file is rewritten in place, never replaced by a new one: a rename per parse
+    made the filesystem write each new file out at once, and under a burst of stores
+    that competed with PostgreSQL's and Orthanc's own writes. A shorter record written
+    over a longer one leaves the longer one's tail behind its ``.`` until the file is
+    cut to length, so a reader stops at the first ``.``."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self._mine = self.directory / str(os.getpid())
         self._in_flight: dict[tuple[str, bool], int] = {}
         self._lock = threading.Lock()
+        self._fd: int | None = None
 
     def left_over(self) -> dict[str, bool]:
         """Instances other processes were parsing when they ended without clearing
@@ -85,6 +94,8 @@ class ParseMemory:
                 continue
             with contextlib.suppress(OSError):
                 for line in path.read_text().splitlines():
+                    if line == _END:
+                        break
                     orthanc_id, _, mark = line.partition(" ")
                     if orthanc_id:
                         found[orthanc_id] = found.get(orthanc_id, False) or mark == _AGAIN
@@ -107,15 +118,14 @@ class ParseMemory:
                 self._write()
 
     def _write(self) -> None:
-        if not self._in_flight:
-            with contextlib.suppress(FileNotFoundError):
-                self._mine.unlink()
-            return
-        self.directory.mkdir(parents=True, exist_ok=True)
-        temporary = self._mine.with_suffix(".tmp")
-        temporary.write_text("\n".join(f"{orthanc_id} {_AGAIN}" if again else orthanc_id
-                                       for orthanc_id, again in self._in_flight))
-        temporary.replace(self._mine)
+        record = "".join(f"{orthanc_id} {_AGAIN}\n" if again else f"{orthanc_id}\n"
+                         for orthanc_id, again in self._in_flight) + _END + "\n"
+        if self._fd is None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self._mine, os.O_WRONLY | os.O_CREAT, 0o600)
+        data = record.encode()
+        os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
 
 
 def _alive(pid: int) -> bool:
