@@ -28,6 +28,8 @@
     timers: {},
     chains: {},     // writes of one annotation run one after the other
     studies: {},    // StudyInstanceUID -> promise of {SOPInstanceUID: Atrium instance id}
+    annotations: {},  // StudyInstanceUID -> promise of the study's annotations in Atrium
+    firstImage: null,
     hydrated: {},   // Atrium annotation id -> cornerstone annotation UID
     pending: 0,     // writes under way (tests wait for 0)
     errors: [],
@@ -106,22 +108,22 @@
       state.studies[studyUid] = everyPage("/api/studies?study_instance_uid=" +
                                           encodeURIComponent(studyUid))
         .then(function (studies) {
-          if (!studies.length) { return []; }
+          if (!studies.length) { return { id: null, series: [] }; }
           return call("GET", "/api/studies/" + studies[0].id).then(function (answer) {
-            return ok(answer, "GET study").series;
+            return { id: studies[0].id, series: ok(answer, "GET study").series };
           });
         })
-        .then(function (series) {
-          return Promise.all(series.map(function (one) {
+        .then(function (study) {
+          return Promise.all(study.series.map(function (one) {
             return everyPage("/api/series/" + one.id + "/instances?limit=1000");
-          }));
-        })
-        .then(function (lists) {
-          var ids = {};
-          lists.forEach(function (list) {
-            list.forEach(function (item) { ids[item.sop_instance_uid] = item.id; });
+          })).then(function (lists) {
+            // SOP Instance UID -> Atrium id; the study's own id out of the way of UIDs.
+            var ids = Object.defineProperty({}, "studyId", { value: study.id });
+            lists.forEach(function (list) {
+              list.forEach(function (item) { ids[item.sop_instance_uid] = item.id; });
+            });
+            return ids;
           });
-          return ids;
         });
       state.studies[studyUid].catch(function () { delete state.studies[studyUid]; });
     }
@@ -386,24 +388,98 @@
     return ids;
   }
 
+  // The first image loaded on the page (or a few seconds): a study's annotations are
+  // read after it rather than among the requests for the study's metadata and frames.
+  var FIRST_IMAGE_WAIT_MS = 5000;
+
+  function afterFirstImage() {
+    if (!state.firstImage) {
+      state.firstImage = new Promise(function (resolve) {
+        var events = cs().Enums && cs().Enums.Events;
+        var timer = setTimeout(done, FIRST_IMAGE_WAIT_MS);
+        function done() {
+          clearTimeout(timer);
+          if (events) { cs().eventTarget.removeEventListener(events.IMAGE_LOADED, done); }
+          resolve();
+        }
+        if (events) { cs().eventTarget.addEventListener(events.IMAGE_LOADED, done); }
+      });
+    }
+    return state.firstImage;
+  }
+
+  // Every live annotation of the study in Atrium (on it, its series or its instances)
+  // with the instances' ids: one query, paged, however many images the study has.
+  function studyAnnotations(studyUid) {
+    if (!state.annotations[studyUid]) {
+      state.annotations[studyUid] = afterFirstImage().then(function () {
+        return instanceIds(studyUid);
+      }).then(function (ids) {
+        if (!ids.studyId) { return { ids: ids, items: [] }; }
+        return everyPage(ANNOTATIONS + "?study_id=" + ids.studyId +
+                         "&annotation_type=dicom&limit=1000")
+          .then(function (items) { return { ids: ids, items: items }; });
+      });
+      state.annotations[studyUid].catch(function () { delete state.annotations[studyUid]; });
+    }
+    return state.annotations[studyUid];
+  }
+
   function hydrate(displaySets) {
     displaySets.forEach(function (displaySet) {
       var studyUid = displaySet.StudyInstanceUID;
       if (!studyUid || !displaySet.instances) { return; }
       var imageIds = imageIdsOf(displaySet);
-      instanceIds(studyUid).then(function (ids) {
-        return Promise.all(Object.keys(imageIds).map(function (sopUid) {
-          if (!ids[sopUid]) { return null; }
-          return everyPage(ANNOTATIONS + "?target_type=instance&target_id=" + ids[sopUid] +
-                           "&annotation_type=dicom&limit=1000")
-            .then(function (items) {
-              items.forEach(function (stored) { draw(stored, imageIds[sopUid]); });
-            });
-        }));
+      studyAnnotations(studyUid).then(function (found) {
+        var sopOf = {};
+        Object.keys(found.ids).forEach(function (sopUid) { sopOf[found.ids[sopUid]] = sopUid; });
+        found.items.forEach(function (stored) {
+          var imageId = stored.target_type === "instance" && imageIds[sopOf[stored.target_id]];
+          if (imageId) { draw(stored, imageId); }
+        });
       }).then(render).catch(function (error) {
         state.errors.push(String(error && error.message || error));
       });
     });
+  }
+
+  // ------------------------------------------------------- signed in already
+
+  // The user this tab signed in as, if its token is still good for a while:
+  // app-config.js gives OHIF's OIDC client a store in sessionStorage, but OHIF only
+  // learns of a user from a sign-in, so every full load of a page signed in again.
+  function keptUser() {
+    var oidc = window.config && window.config.oidc && window.config.oidc[0];
+    var store = oidc && oidc.userStore;
+    if (!store || !store.prefix) { return null; }
+    try {
+      var text = window.sessionStorage.getItem(
+        store.prefix + "user:" + oidc.authority + ":" + oidc.client_id);
+      var user = text && JSON.parse(text);
+      // Not one about to expire: OHIF would send it before the client renews it.
+      var left = user && user.access_token && user.expires_at - Date.now() / 1000;
+      return left > 30 ? user : null;
+    } catch (error) {
+      return null;
+    }
+  }
+
+  // OHIF turns authentication on (set({enabled: true})) and, with no user in its
+  // state, sends the browser to the issuer on its next render. Giving it the kept
+  // user in the same turn means that render already has one. The OIDC client loads
+  // the same user from its store and renews it as after a sign-in.
+  function restoreUser(auth) {
+    if (!auth || typeof auth.set !== "function" || auth.atriumRestores) { return; }
+    var set = auth.set;
+    auth.atriumRestores = true;
+    auth.set = function (change) {
+      var result = set.apply(auth, arguments);
+      if (change && change.enabled && !auth.getUser()) {
+        var user = keptUser();
+        if (user) { auth.setUser(user); }
+      }
+      return result;
+    };
   }
 
   // ---------------------------------------------------------------- wiring
@@ -437,6 +513,7 @@
       state.services = args.servicesManager.services;
       state.commands = args.commandsManager;
       state.extensionManager = args.extensionManager;
+      restoreUser(state.services.userAuthenticationService);
     },
     onModeEnter: function () {
       listen();
@@ -453,6 +530,8 @@
       state.subscription = null;
       state.saved = {};
       state.hydrated = {};
+      // Read again when a study is opened again: others may have changed them.
+      state.annotations = {};
     },
   };
 })();
@@ -530,6 +609,32 @@
     source[key] = absolute(source[key]);
   });
   config.oidc[0].authority = absolute(config.oidc[0].authority);
+  // The signed-in user is kept in this tab's sessionStorage (gone with the tab, never
+  // shared with another), so that a full load of a study's address needs no new
+  // sign-in: atrium-ohif.js gives it back to OHIF, which reads no store itself.
+  // Not localStorage: a token there outlives the tab. docs/VIEWER.md, docs/SECURITY.md.
+  var kept = "atrium.oidc.";
+  config.oidc[0].userStore = {
+    prefix: kept,
+    set: function (key, value) {
+      window.sessionStorage.setItem(kept + key, value);
+      return Promise.resolve();
+    },
+    get: function (key) { return Promise.resolve(window.sessionStorage.getItem(kept + key)); },
+    remove: function (key) {
+      var value = window.sessionStorage.getItem(kept + key);
+      window.sessionStorage.removeItem(kept + key);
+      return Promise.resolve(value);
+    },
+    getAllKeys: function () {
+      var keys = [];
+      for (var i = 0; i < window.sessionStorage.length; i++) {
+        var key = window.sessionStorage.key(i);
+        if (key && key.indexOf(kept) === 0) { keys.push(key.slice(kept.length)); }
+      }
+      return Promise.resolve(keys);
+    },
+  };
   // Atrium's extension (atrium-ohif.js, loaded before this file), when present.
   if (window.atriumOhifExtension) { config.extensions.push(window.atriumOhifExtension); }
   window.config = config;

@@ -312,6 +312,70 @@ def test_annotations_are_found_by_every_filter_and_paged(atrium: AtriumUnderTest
         assert is_problem(alice.get("/api/annotations", **bad), 400), bad
 
 
+def test_a_study_filter_finds_the_study_its_series_and_instances_annotations_paged(
+        atrium: AtriumUnderTest) -> None:
+    """``study_id``: what a viewer opening a study asks once, instead of once per image."""
+    org = unique("Viewer Room ")
+    ids = upload_into(atrium, org, StudySpec(patient_id=unique("STU-"), series=2,
+                                             instances_per_series=2))
+    other = upload_into(atrium, org, StudySpec(patient_id=unique("OTH-"), series=1,
+                                               instances_per_series=1))
+    series = [str(s) for (s,) in atrium.sql(
+        "SELECT id FROM series WHERE study_id = %s ORDER BY series_number", (ids["study"],))]
+    user = Client(atrium, "clinician", org)
+    on_instances = [annotate(user, "instance", instance, label=f"i{n}").json()
+                    for n, instance in enumerate(ids["instances"])]
+    on_series = annotate(user, "series", series[1], coordinates=None,
+                         annotation_type="general").json()
+    on_study = annotate(user, "study", ids["study"], coordinates=None,
+                        annotation_type="general").json()
+    elsewhere = annotate(user, "instance", other["instances"][0]).json()
+    gone = annotate(user, "instance", ids["instances"][3]).json()
+    assert user.delete(f"/api/annotations/{gone['id']}").status_code == 204
+    edited = put(user, on_instances[0]["id"], {"label": "edited"}, version=1)
+    assert edited.status_code == 200, edited.text
+
+    wanted = {a["id"] for a in (*on_instances, on_series, on_study)}
+    found = user.items("/api/annotations", study_id=ids["study"])
+    assert {a["id"] for a in found} == wanted and len(found) == len(wanted)
+    assert {a["version"] for a in found if a["id"] == on_instances[0]["id"]} == {2}
+    assert elsewhere["id"] not in {a["id"] for a in found}
+    # Paged like every list: two at a time, newest first, each once.
+    pages, cursor = [], None
+    while True:
+        answer = user.get("/api/annotations", study_id=ids["study"], limit=2,
+                          **({"cursor": cursor} if cursor else {}))
+        assert answer.status_code == 200, answer.text
+        pages.append([a["id"] for a in answer.json()["items"]])
+        cursor = answer.json()["next_cursor"]
+        if cursor is None:
+            break
+    assert len(pages) == 3 and all(len(page) == 2 for page in pages)
+    assert [i for page in pages for i in page] == [a["id"] for a in found]
+    # Other filters narrow it as usual.
+    assert [a["id"] for a in user.items("/api/annotations", study_id=ids["study"],
+                                        target_type="series")] == [on_series["id"]]
+    assert {a["id"] for a in user.items("/api/annotations", study_id=ids["study"],
+                                        annotation_type="dicom")} == {
+        a["id"] for a in on_instances}
+
+    # Another organization's study, or none: the same 404 as a named target.
+    stranger = Client(atrium, "clinician", unique("Elsewhere "))
+    for study in (ids["study"], str(uuid.uuid4())):
+        refused = stranger.get("/api/annotations", study_id=study)
+        assert is_problem(refused, 404) and refused.json()["detail"] == f"No study {study}"
+    assert is_problem(user.get("/api/annotations", study_id="not-a-uuid"), 400)
+
+    # A researcher: a de-identified study's annotations; an identified study is a 404.
+    anonymous = upload_into(atrium, org, StudySpec(patient_id=unique("ANS-"), series=1,
+                                                   instances_per_series=1, deidentified=True))
+    on_anon = annotate(user, "instance", anonymous["instances"][0]).json()
+    researcher = Client(atrium, "researcher", org)
+    assert [a["id"] for a in researcher.items("/api/annotations",
+                                              study_id=anonymous["study"])] == [on_anon["id"]]
+    assert is_problem(researcher.get("/api/annotations", study_id=ids["study"]), 404)
+
+
 # --------------------------------------------------------- scope, PHI, audit
 
 def test_other_organizations_and_researchers_see_nothing_they_should_not(

@@ -200,6 +200,46 @@ def test_opening_a_study_draws_its_image(
     assert policy_violations(browser) == []
 
 
+LOAD_TIMINGS = """
+const navigation = performance.getEntriesByType("navigation")[0];
+return {page: navigation.name, redirects: navigation.redirectCount,
+        requests: performance.getEntriesByType("resource").map(entry => entry.name)};
+"""
+
+
+def test_a_full_load_of_a_study_in_a_signed_in_tab_goes_not_to_the_issuer(
+        atrium: AtriumUnderTest, studies: dict[str, Any], browser: webdriver.Chrome,
+        screenshots: Path) -> None:
+    """The tab keeps its user (sessionStorage): opening a study's address afresh shows
+    the study with the token it has, without a round trip through the issuer."""
+    spec = studies["specs"]["north"]
+    sign_in(browser, atrium, studies["north"], "clinician", screenshots, "7-reload")
+    wait_on_page(browser, screenshots, "7-reload",
+                 lambda: shown(spec) in list_text(browser), "the study list")
+    study = f"{atrium.url}/viewer/viewer?StudyInstanceUIDs={spec.study_uid}"
+    browser.get("about:blank")
+    browser.get(study)
+
+    def drawn() -> bool:
+        pixels = viewport_pixels(browser)
+        return pixels is not None and len(np.unique(pixels)) > 16
+
+    wait_on_page(browser, screenshots, "7-reload", drawn, "the image drawn", timeout=90)
+    save(browser, screenshots, "7-reload-study-open")
+    timings = browser.execute_script(LOAD_TIMINGS)
+    # Through the issuer, the page showing the study would be /viewer/callback's, and
+    # it would have asked the issuer's token endpoint for the code.
+    assert timings["page"] == study and timings["redirects"] == 0, timings["page"]
+    issuer = [name for name in timings["requests"] if "/api/dev-login/" in name]
+    assert issuer == []
+    assert "/api/dev-login/" not in browser.current_url
+    # The user is kept in the tab's sessionStorage, nowhere that outlives the tab.
+    assert browser.execute_script(
+        "return Object.keys(sessionStorage).some(k => k.indexOf('atrium.oidc.user:') === 0)"
+        " && !Object.keys(localStorage).some(k => k.indexOf('user:') >= 0)")
+    assert policy_violations(browser) == []
+
+
 def test_the_dev_sign_in_answers_and_refuses_as_documented(atrium: AtriumUnderTest) -> None:
     discovery = requests.get(f"{atrium.url}/api/dev-login/.well-known/openid-configuration",
                              timeout=10)

@@ -155,6 +155,8 @@ ANNOTATION_SEARCH = obj({
     **PAGE_PARAMETERS,
     "target_type": enum(*TARGET_TYPES),
     "target_id": uuid_schema(),
+    "study_id": uuid_schema(description="Annotations of this study, of its series and of "
+                                        "their instances"),
     "annotation_type": enum(*ANNOTATION_TYPES),
     "label": string(min_length=1, max_length=255),
     "user_id": uuid_schema(),
@@ -256,18 +258,30 @@ def routes(app: Atrium) -> list[Route]:
         args = request.args
         wanted = ORDER.request(args)
         after, values = ORDER.after(wanted)
-        # A named target is found first (its 404 is the caller's answer); then the
-        # rows need not be checked against it one by one.
-        audit_target = args["target_id"] if "target_type" in args and "target_id" in args \
-            else None
+        # A named target, or study, is found first (its 404 is the caller's answer);
+        # then the rows need not be checked against it one by one.
+        named = args["target_id"] if "target_type" in args and "target_id" in args else None
+        study = args.get("study_id")
+        audit_target = named if named is not None else study
         where = row_scope(request.caller, "a", target_checked=audit_target is not None).add(
             "a.is_latest AND a.deleted_at IS NULL").add(after, *values)
         if "target_id" in args:
             where.add("a.target_id = %s", args["target_id"])
+        if study is not None:
+            # The study's live targets, matched on (target_id, target_type), the
+            # columns of idx_annotations_target: one query for a whole study.
+            where.add("(a.target_id, a.target_type) IN ("
+                      "SELECT %s::uuid, 'study' "
+                      "UNION ALL SELECT se.id, 'series' FROM series se "
+                      "WHERE se.study_id = %s AND se.deleted_at IS NULL "
+                      "UNION ALL SELECT i.id, 'instance' FROM series se "
+                      "JOIN instances i ON i.series_id = se.id "
+                      "WHERE se.study_id = %s AND se.deleted_at IS NULL "
+                      "AND i.deleted_at IS NULL)", study, study, study)
         for name in ("target_type", "annotation_type", "label", "user_id"):
             # With its id found, the target's type is known; not asking for it again
             # keeps a viewport query an index-only scan.
-            if name in args and not (name == "target_type" and audit_target is not None):
+            if name in args and not (name == "target_type" and named is not None):
                 where.add(sql.SQL("{} = %s").format(sql.Identifier("a", name)), args[name])
         for name, column, op in (("created_after", "created_at", ">="),
                                  ("created_before", "created_at", "<"),
@@ -293,8 +307,10 @@ def routes(app: Atrium) -> list[Route]:
             "LIMIT %s) page ON page.id = a.id").format(
                 select=_SELECT, where=where.sql(), order=ORDER.order_by())
         with app.pool.connection() as conn:
-            if audit_target is not None:
-                find_target(conn, request.caller, args["target_type"], audit_target)
+            if named is not None:
+                find_target(conn, request.caller, args["target_type"], named)
+            if study is not None:
+                find_target(conn, request.caller, "study", study)
             # Planned for its values every time, never a generic plan (see
             # atrium.api.studies): the viewport's size decides the best plan.
             rows = conn.execute(query, [*where.params, wanted.fetch],
@@ -378,11 +394,12 @@ def routes(app: Atrium) -> list[Route]:
                          404: Reply("No such target in the caller's organization")}),
         Route("GET", "/api/annotations", search, tags=tags, auth=READERS,
               query=ANNOTATION_SEARCH,
-              summary="Find annotations by target, type, label, author, time or viewport",
+              summary="Find annotations by target, study, type, label, author, time or "
+                      "viewport",
               responses={200: Reply("A page of annotations, newest first",
                                     page_schema(ANNOTATION)),
-                         404: Reply("target_type and target_id name no target the caller "
-                                    "may see")}),
+                         404: Reply("target_type and target_id, or study_id, name no target "
+                                    "the caller may see")}),
         Route("GET", one, read, tags=tags, auth=READERS,
               summary="The latest version of an annotation (its ETag is the version)",
               responses={200: Reply("The annotation", ANNOTATION)}),
