@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -40,9 +41,11 @@ def private_cluster(prefix: str) -> tuple[Path, LocalCluster]:
     return root, cluster
 
 
-def start_atrium(root: Path, cluster: LocalCluster, name: str) -> OrthancProcess:
+def start_atrium(root: Path, cluster: LocalCluster, name: str,
+                 atrium: dict[str, Any] | None = None) -> OrthancProcess:
     """Orthanc with Atrium, its index in database ``<name>_index`` and Atrium's in
-    ``<name>_atrium``, objects under ``root/orthanc/objects``."""
+    ``<name>_atrium``, objects under ``root/orthanc/objects``; ``atrium``: more keys
+    of the ``Atrium`` section."""
     cluster.ensure_database(f"{name}_index")
     cluster.ensure_database(f"{name}_atrium")
     database_url = cluster.url(f"{name}_atrium")
@@ -53,7 +56,7 @@ def start_atrium(root: Path, cluster: LocalCluster, name: str) -> OrthancProcess
         base=base, data_dir=workdir, cluster=cluster, index_database=f"{name}_index",
         http_port=free_port(), dicom_port=free_port(), aet="ATRIUM",
         atrium={"DatabaseUrl": database_url, "MirrorPollSeconds": 0.5,
-                "StorageUrl": f"file://{workdir / 'objects'}"},
+                "StorageUrl": f"file://{workdir / 'objects'}", **(atrium or {})},
         python_script=REPO_ROOT / "plugin" / "atrium_entry.py", with_atrium=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
     process = OrthancProcess(workdir, config, env)

@@ -29,7 +29,12 @@ counts); the audit chain intact; Orthanc's resident memory at the end (median of
 the last 10 s) less than 10 % above the baseline (median of the 10 s after the
 warm-up: 1 min, or a quarter of a shorter run).
 
-    .venv/bin/python bench/soak.py [--minutes 10]
+``--kinds`` applies only some kinds of load (all by default), to tell which one makes
+the memory grow: ``--kinds wado --minutes 3``. ``--tracemalloc SECONDS`` has Atrium trace
+Python's allocations (``ATRIUM_TRACEMALLOC_SECONDS``) and prints the sites that grew most
+(tracing slows Python down: the latencies of such a run mean nothing).
+
+    .venv/bin/python bench/soak.py [--minutes 10] [--kinds store,search,annotate,qido,wado]
 """
 
 from __future__ import annotations
@@ -312,6 +317,17 @@ KINDS: dict[str, type[Client]] = {"store": Stores, "search": Searches, "annotate
                                   "qido": Qido, "wado": Wado}
 
 
+def parse_kinds(text: str) -> list[str]:
+    """``--kinds``: comma-separated names among :data:`KINDS`, at least one."""
+    kinds = [k.strip() for k in text.split(",") if k.strip()]
+    unknown = sorted(set(kinds) - set(KINDS))
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"unknown kind(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose among {', '.join(KINDS)}")
+    return [k for k in KINDS if k in kinds]
+
+
 def seed_studies(url: str, headers: dict[str, str], database_url: str) -> list[Seed]:
     """``SEED_STUDIES`` studies stored through STOW-RS and waited for in the mirror."""
     stored = []
@@ -357,16 +373,17 @@ def restart_postgres(cluster: LocalCluster, recorder: Recorder) -> Restart:
     return restart
 
 
-def window_end(outcomes: list[Outcome], restart: Restart) -> tuple[float, dict[str, float]]:
+def window_end(outcomes: list[Outcome], restart: Restart, kinds: Collection[str]
+               ) -> tuple[float, dict[str, float]]:
     """The restart window's end (inf when a kind never recovered) and, per kind, the
     end of its first success among requests sent after PostgreSQL was back."""
     first = {}
-    for kind in KINDS:
+    for kind in kinds:
         ends = [o.ended for o in outcomes if o.kind == kind and o.ok
                 and o.started >= restart.back_at]
         if ends:
             first[kind] = min(ends)
-    recovered = len(first) == len(KINDS)
+    recovered = len(first) == len(kinds)
     return (max(first.values()) + GRACE_SECONDS if recovered else float("inf")), first
 
 
@@ -376,7 +393,7 @@ def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 def report_load(outcomes: list[Outcome], restart: Restart, end: float,
-                first: dict[str, float]) -> int:
+                first: dict[str, float], kinds: Collection[str]) -> int:
     """Print per kind figures; the number of errors outside the window."""
     def in_window(o: Outcome) -> bool:
         return o.started < end and o.ended > restart.stopped_at
@@ -387,7 +404,7 @@ def report_load(outcomes: list[Outcome], restart: Restart, end: float,
     print(f"{'kind':9} {'requests':>8} {'p50 ms':>7} {'p95 ms':>7} {'errors in':>9} "
           f"{'out':>4}  first success after restart")
     outside_total = 0
-    for kind in KINDS:
+    for kind in kinds:
         mine = [o for o in outcomes if o.kind == kind]
         steady = [o.seconds * 1000 for o in mine if not in_window(o)] or [float("nan")]
         errors = [o for o in mine if not o.ok]
@@ -461,6 +478,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--kinds", type=parse_kinds, default=list(KINDS),
+                        metavar="KIND,...",
+                        help=f"the kinds of load to apply (default: all: {','.join(KINDS)})")
+    parser.add_argument("--tracemalloc", type=float, default=0.0, metavar="SECONDS",
+                        help="trace Python allocations in Orthanc; report every SECONDS")
     parser.add_argument("--keep-log", type=Path, metavar="PATH",
                         help="copy Orthanc's log (Atrium's lines included) to PATH")
     args = parser.parse_args()
@@ -469,7 +491,7 @@ def main() -> int:
     root, cluster = private_cluster("atrium-bench-soak-")
     process = None
     try:
-        process = start_atrium(root, cluster, "soak")
+        process = start_atrium(root, cluster, "soak", {"TracemallocSeconds": args.tracemalloc})
         assert process.proc is not None
         url, workdir, database_url = process.url, root / "orthanc", cluster.url("soak_atrium")
         headers = {"Authorization": "Bearer " + load_or_create(workdir).mint(
@@ -480,11 +502,12 @@ def main() -> int:
         recorder = Recorder()
         memory = MemorySamples(process.proc.pid, recorder.t0)
         stop = threading.Event()
+        # Each kind keeps its random stream whichever others run with it.
         clients = {kind: cls(url, headers, seeds, recorder, n)
-                   for n, (kind, cls) in enumerate(KINDS.items())}
+                   for n, (kind, cls) in enumerate(KINDS.items()) if kind in args.kinds}
         threads = [threading.Thread(target=paced, args=(RATES[kind], stop, client.step),
                                     name=f"soak-{kind}") for kind, client in clients.items()]
-        print(f"load: {', '.join(f'{k} {r:g}/s' for k, r in RATES.items())} for "
+        print(f"load: {', '.join(f'{k} {RATES[k]:g}/s' for k in clients)} for "
               f"{duration / 60:g} min; PostgreSQL restarted at {duration / 2:.0f} s")
         for thread in threads:
             thread.start()
@@ -500,8 +523,8 @@ def main() -> int:
             client.session.close()
 
         outcomes = sorted(recorder.outcomes, key=lambda o: o.started)
-        end, first = window_end(outcomes, restart)
-        outside = report_load(outcomes, restart, end, first)
+        end, first = window_end(outcomes, restart, clients)
+        outside = report_load(outcomes, restart, end, first, clients)
         baseline = memory.median(warmup, warmup + 10)
         last = memory.median(load_end - 10, load_end)
         peak = memory.peak(warmup)
@@ -513,14 +536,14 @@ def main() -> int:
         print("  by time: " + ", ".join(
             f"{at} s {memory.median(at - 5, at + 5):.0f}"
             for at in range(step, int(load_end) + 1, step)) + " MiB")
-        stores = clients["store"]
-        assert isinstance(stores, Stores)
+        stores = clients.get("store")
+        acknowledged = stores.stored_instances if isinstance(stores, Stores) else 0
         print(f"stored: {sum(len(s.sop_uids) for s in seeds)} instances seeded before the "
-              f"load, {stores.stored_instances} acknowledged during it")
+              f"load, {acknowledged} acknowledged during it")
         env = {**process.env, "ATRIUM_DATABASE_URL": database_url, "ATRIUM_ORTHANC_URL": url,
                "ATRIUM_DATA_DIR": str(workdir)}
         verdicts = {"no error outside the restart window, every kind recovered":
-                    outside == 0 and len(first) == len(KINDS),
+                    outside == 0 and len(first) == len(clients),
                     **final_checks(url, internal, database_url, env),
                     f"memory growth < {MEMORY_LIMIT_PERCENT:g} %":
                     growth < MEMORY_LIMIT_PERCENT}
@@ -535,6 +558,12 @@ def main() -> int:
             orthanc_errors(process.logfile)
             if args.keep_log:
                 shutil.copyfile(process.logfile, args.keep_log)
+            traced = root / "orthanc" / "tracemalloc.txt"
+            if traced.exists():
+                reports = traced.read_text().split("== ")
+                print("tracemalloc, the last report:\n== " + reports[-1].rstrip())
+                if args.keep_log:
+                    shutil.copyfile(traced, f"{args.keep_log}.tracemalloc.txt")
         cluster.stop("fast")
         shutil.rmtree(root, ignore_errors=True)
 

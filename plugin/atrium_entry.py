@@ -8,7 +8,6 @@ work to Atrium's mirror worker and can neither block nor raise into Orthanc.
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import json
 import logging
@@ -18,6 +17,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote_plus
 
 _HERE = Path(__file__).resolve().parent
@@ -45,6 +45,7 @@ import orthanc  # noqa: E402
 
 from atrium.api.http import Request, Response  # noqa: E402
 from atrium.app import Atrium  # noqa: E402
+from atrium.callback_refs import leaky_version, releasing  # noqa: E402
 from atrium.orthanc_api import SdkOrthancApi  # noqa: E402
 from atrium.rest_output import write_answer as _answer  # noqa: E402
 from atrium.settings import PUBLIC_DICOMWEB_ROOT, SettingsError, load_settings  # noqa: E402
@@ -148,39 +149,21 @@ def _request(path: str, request: dict[str, object]) -> Request:
 
 
 @functools.cache
-def _plugin_keeps_bodies() -> bool:
-    """Whether this orthanc-python keeps a reference to every request body it hands a
-    route. Before 4.1 (2023-08-30) RestCallbacks.cpp passes a new bytes object to
-    PyDict_SetItemString, which takes a reference of its own: each body then stays in
-    memory for good (Debian bookworm's 4.0 keeps a 1 GiB upload in 32 MiB chunks:
-    +1 GiB resident). An unknown version counts as fixed: a leak is recoverable,
-    releasing a reference the plugin did not keep is not."""
+def _plugin_leaks() -> bool:
+    """Whether this orthanc-python keeps a reference too many to what it hands an
+    HTTP callback (before 4.1: every body, header and argument stays in memory for
+    good; see atrium.callback_refs). Asked on the first request, when the REST API
+    answers; an unknown version counts as fixed."""
     try:
         version = json.loads(orthanc.RestApiGet("/plugins/python"))["Version"]
-        major, minor = (int(part) for part in str(version).split(".")[:2])
-    except Exception:  # noqa: BLE001 - "mainline" builds, a changed answer: fixed
+    except Exception:  # noqa: BLE001 - a changed answer: counted as fixed
         return False
-    return (major, minor) < (4, 1)
+    return leaky_version(version)
 
 
-_py_decref = ctypes.pythonapi.Py_DecRef
-_py_decref.argtypes, _py_decref.restype = [ctypes.py_object], None
-
-
-def _releasing_body(route: Callable[..., None]) -> Callable[..., None]:
-    """``route``, dropping the reference an old plugin keeps to the body once the
-    answer is written (:func:`_plugin_keeps_bodies`); the plugin's own dict still
-    holds the body until the call returns, so nothing is freed under anyone."""
-
-    def callback(output: object, uri: str, **request: object) -> None:
-        try:
-            route(output, uri, **request)
-        finally:
-            body = request.get("body")
-            if type(body) is bytes and body and _plugin_keeps_bodies():
-                _py_decref(body)
-
-    return callback
+def _releasing(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """An HTTP callback (filter or route), giving back what an old plugin leaks."""
+    return releasing(callback, _plugin_leaks)
 
 
 def on_api(output: object, uri: str, **request: object) -> None:
@@ -268,9 +251,9 @@ def on_modality(output: object, uri: str, **request: object) -> None:
 orthanc.RegisterOnChangeCallback(on_change)
 orthanc.RegisterFindCallback(on_find)
 orthanc.RegisterMoveCallback(on_move)
-orthanc.RegisterRestCallback("/modalities/([^/]+)", _releasing_body(on_modality))
-orthanc.RegisterIncomingHttpRequestFilter(incoming_request_filter)
-orthanc.RegisterRestCallback("/api/(.*)", _releasing_body(on_api))
-orthanc.RegisterRestCallback(PUBLIC_DICOMWEB_ROOT + "(.*)", _releasing_body(on_dicomweb))
+orthanc.RegisterRestCallback("/modalities/([^/]+)", _releasing(on_modality))
+orthanc.RegisterIncomingHttpRequestFilter(_releasing(incoming_request_filter))
+orthanc.RegisterRestCallback("/api/(.*)", _releasing(on_api))
+orthanc.RegisterRestCallback(PUBLIC_DICOMWEB_ROOT + "(.*)", _releasing(on_dicomweb))
 # Orthanc drops a trailing slash before matching: "/viewer/" arrives as "/viewer".
-orthanc.RegisterRestCallback("/viewer(/.*)?", on_viewer)
+orthanc.RegisterRestCallback("/viewer(/.*)?", _releasing(on_viewer))

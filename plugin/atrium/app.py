@@ -60,6 +60,7 @@ from atrium.dicomweb.forward import PluginForwarder
 from atrium.dicomweb.gateway import DicomWebGateway
 from atrium.errors import NotFound, ServiceUnavailable
 from atrium.jobs import INTERRUPTED_ADVICE, Runner, recover_orphans
+from atrium.memtrace import MemoryTrace
 from atrium.metrics import Metrics, StateCollector
 from atrium.migrations import apply_migrations
 from atrium.mirror.backfill import backfill, needs_backfill
@@ -330,6 +331,7 @@ class Atrium:
     # mirror's cue (atrium.cluster.bus); None only in tests that build parts.
     bus: ClusterBus | None = None
     job_recovery: ScheduledTask | None = None  # jobs of a node that died, taken over
+    memtrace: MemoryTrace | None = None  # ATRIUM_TRACEMALLOC_SECONDS: a diagnostic, off
 
     @classmethod
     def build(cls, settings: Settings, orthanc: OrthancApi) -> Atrium:
@@ -467,6 +469,10 @@ class Atrium:
         return app
 
     def start(self) -> None:
+        if self.memtrace is None and self.settings.tracemalloc_seconds > 0:
+            self.memtrace = MemoryTrace(self.settings.data_dir / "tracemalloc.txt",
+                                        self.settings.tracemalloc_seconds)
+            self.memtrace.start()
         if self.bus is not None:
             self.bus.start()
         self.worker.start()
@@ -500,3 +506,5 @@ class Atrium:
         if self.bus is not None:
             self.bus.stop()
         self.pool.close()
+        if self.memtrace is not None:
+            self.memtrace.stop()

@@ -71,6 +71,7 @@ _CONFIG_KEYS: dict[str, str] = {
     "ATRIUM_BACKUP_INCREMENTAL_HOURS": "BackupIncrementalHours",
     "ATRIUM_BACKUP_RETENTION_DAYS": "BackupRetentionDays",
     "ATRIUM_BACKUP_ARCHIVE_TIMEOUT_SECONDS": "BackupArchiveTimeoutSeconds",
+    "ATRIUM_TRACEMALLOC_SECONDS": "TracemallocSeconds",
 }
 
 # Orthanc's own listeners live at the top level of its configuration.
@@ -160,6 +161,9 @@ class Settings:
     backup_incremental_hours: int = 6
     backup_retention_days: int = 30
     backup_archive_timeout_seconds: int = 300
+    # A diagnostic (atrium.memtrace): trace Python's allocations and report their
+    # growth to <data_dir>/tracemalloc.txt every this many seconds; 0: off.
+    tracemalloc_seconds: float = 0.0
 
     @property
     def owner_url(self) -> str:
@@ -523,4 +527,6 @@ def load_settings(
         orthanc_database_url=orthanc_database_url,
         private_cluster=private_cluster,
         metrics_token=_check_metrics_token(raw("ATRIUM_METRICS_TOKEN")),
+        tracemalloc_seconds=_parse_float(
+            "ATRIUM_TRACEMALLOC_SECONDS", raw("ATRIUM_TRACEMALLOC_SECONDS") or "0", 0, 86400),
     )
