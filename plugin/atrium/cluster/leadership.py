@@ -99,6 +99,11 @@ class Leadership:
         with self._lock:
             if self._conn is not None:
                 try:
+                    # Closing alone frees the lock only once the server's backend has
+                    # exited, a moment after close() returns: a standby asking at
+                    # once could still find it held.
+                    with contextlib.suppress(psycopg.Error):
+                        self._conn.execute("SELECT pg_advisory_unlock_all()")
                     self._conn.close()
                 finally:
                     self._conn = None
