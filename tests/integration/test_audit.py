@@ -26,6 +26,7 @@ from atrium.auth.audit import (
     canonical_row,
     query,
     record,
+    record_alone,
     record_many,
     verify_chain,
 )
@@ -128,6 +129,30 @@ def test_a_rolled_back_append_leaves_no_gap(conn: psycopg.Connection[Any]) -> No
     record(conn, event())
     assert seqs(conn) == [1, 2]
     assert verify_chain(conn).ok
+
+
+def test_a_row_recorded_alone_is_committed_and_the_connection_left_as_it_was(url: str) -> None:
+    with psycopg.connect(url) as writer, psycopg.connect(url, autocommit=True) as other:
+        recorded = record_alone(writer, event("alone"))
+        # Committed by its own statement: another session sees it, and the chain
+        # head is free for that session's append without waiting.
+        assert writer.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        assert writer.autocommit is False
+        other.execute("SET lock_timeout = '1s'")
+        record(other, event("next"))
+        assert seqs(other) == [recorded.seq, recorded.seq + 1]
+        # The writer's next statement opens a transaction again, as before.
+        writer.execute("SELECT 1")
+        assert writer.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        writer.rollback()
+    with psycopg.connect(url) as writer:
+        writer.execute("SELECT 1")
+        with pytest.raises(psycopg.ProgrammingError):
+            record_alone(writer, event("inside a transaction"))
+    with psycopg.connect(url, autocommit=True) as check:
+        assert [r[0] for r in check.execute(
+            "SELECT action FROM audit_log ORDER BY seq").fetchall()] == ["alone", "next"]
+        assert verify_chain(check).ok
 
 
 def test_rows_written_before_the_chain_existed_are_chained_by_its_migration(

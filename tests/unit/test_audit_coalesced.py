@@ -18,6 +18,8 @@ SLIDE = uuid.uuid4()
 
 
 class FakeDatabase:
+    autocommit = True  # each statement stands alone, as record_alone asks
+
     def __init__(self) -> None:
         self.rows: list[Any] = []
         self.fail = False

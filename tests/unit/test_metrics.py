@@ -93,6 +93,8 @@ def test_the_scraper_gets_openmetrics_when_it_asks_for_it() -> None:
 # ------------------------------------------------------------ the audited API
 
 class FakeDatabase:
+    autocommit = True  # each statement stands alone, as record_alone asks
+
     def __init__(self) -> None:
         self.fail = False
 

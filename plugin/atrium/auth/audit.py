@@ -4,8 +4,8 @@ Rows are chained by the database (``sql/0007_audit_chain.sql``): a BEFORE INSERT
 trigger gives each row its ``seq``, the previous row's hash and its own
 ``row_hash = sha256(canonical serialization)``. :func:`record` therefore only
 inserts; the row lock on the chain head it takes is held until the caller's
-transaction ends, so record last in a transaction (or in autocommit) and commit
-before the response leaves.
+transaction ends, so record last in a transaction and commit before the response
+leaves, or, for a row on its own, use :func:`record_alone`.
 
 :func:`verify_chain` recomputes every hash here, in Python, from the columns —
 it does not ask ``atrium_audit_canonical()`` or the trigger, which whoever can
@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "AUDIT_KEYSET", "CHAIN_VERSION", "DEFAULT_MIN_RETENTION", "GENESIS_HASH", "AuditEvent",
     "BrokenLink", "RecordedEvent", "VerifyResult", "canonical_bytes", "canonical_row", "query",
-    "record", "record_many", "verify_chain",
+    "record", "record_alone", "record_many", "verify_chain",
 ]
 
 CHAIN_VERSION = b"atrium-audit-v1"
@@ -162,6 +162,27 @@ def record(conn: psycopg.Connection[Any], event: AuditEvent) -> RecordedEvent:
     row = conn.execute(_INSERT, _params(event)).fetchone()
     assert row is not None
     return RecordedEvent(row[0], row[1], row[2])
+
+
+def record_alone(conn: psycopg.Connection[Any], event: AuditEvent) -> RecordedEvent:
+    """Insert ``event`` as a transaction of its own, committed by the statement.
+
+    :func:`record` then a commit holds the chain head's lock for a round trip to
+    this process and back, and in Orthanc that round trip may wait for the GIL
+    while every other writer of audit rows waits for the lock. Here PostgreSQL
+    commits as the insert ends: the lock is held for the insert and the flush of
+    its WAL only, and the row costs one round trip instead of three (BEGIN, INSERT,
+    COMMIT). ``conn`` must have no transaction open.
+    """
+    if conn.autocommit:
+        return record(conn, event)
+    conn.autocommit = True
+    try:
+        return record(conn, event)
+    finally:
+        # A broken connection stays as it is: the pool discards it.
+        if not conn.broken and conn.info.transaction_status == TransactionStatus.IDLE:
+            conn.autocommit = False
 
 
 def record_many(conn: psycopg.Connection[Any], events: Iterable[AuditEvent]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from atrium.api.http import REQUEST_TIMINGS, Request, Response, Router, problem_response
-from atrium.auth.audit import AuditEvent, record
+from atrium.auth.audit import AuditEvent, record_alone
 from atrium.auth.guard import Caller, current_caller
 from atrium.db import unreachable
 from atrium.errors import ApiError, ServiceUnavailable
@@ -71,7 +71,7 @@ def audit_event(*, action: str, caller: Caller | None, status: int, client_ip: s
 def _written(connect: Callable[[], Any], event: AuditEvent) -> bool:
     try:
         with connect() as conn:
-            record(conn, event)
+            record_alone(conn, event)
     except Exception as error:  # noqa: BLE001 - the caller decides what the failure means
         if unreachable(error):  # an outage, not a bug: one line, no traceback
             log.error("audit.unwritten action=%s status=%s error=%s", event.action,

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote
 
-from atrium.auth.audit import record
+from atrium.auth.audit import record_alone
 from atrium.auth.guard import AuthGuard, Caller
 from atrium.auth.internal import is_internal_call
 from atrium.auth.principal import Permission
@@ -216,4 +216,4 @@ class RequestFilter:
                             client_ip=ip, headers=headers, resource_type="orthanc", phi=phi,
                             uri=uri[:200])
         with self._connect() as conn:
-            record(conn, event)
+            record_alone(conn, event)
