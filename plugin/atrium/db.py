@@ -9,21 +9,26 @@ sat there for :data:`TRUSTED_IDLE_SECONDS` or more: one that came back a moment
 ago worked a moment ago, and a round trip on every borrow — several a request —
 is a measurable share of a cheap request. If PostgreSQL went away in that moment,
 the borrower's query fails and the pool discards the connection when it returns.
+
+The pool's connections encode JSON parameters with orjson (:func:`json_dumps`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import weakref
 from typing import Any
 
+import orjson
 import psycopg
+from psycopg.types.json import set_json_dumps
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TRUSTED_IDLE_SECONDS", "open_pool", "unreachable"]
+__all__ = ["TRUSTED_IDLE_SECONDS", "json_dumps", "open_pool", "unreachable"]
 
 TRUSTED_IDLE_SECONDS = 2.0
 
@@ -45,6 +50,23 @@ class _RecentlyReturned:
         ConnectionPool.check_connection(conn)
 
 
+def json_dumps(value: Any) -> bytes:
+    """A ``json``/``jsonb`` parameter's text: orjson's, about ten times faster than
+    ``json.dumps`` on the mirror's batches of rows (its largest share of Python time
+    during a burst of stores), else ``json.dumps``'s for what orjson refuses (keys
+    that are not strings, integers past 64 bits), so that nothing json accepted is
+    refused. Only encoding: orjson reads integers past 64 bits as floats, so JSON
+    read back from PostgreSQL keeps going through ``json.loads``."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError is one
+        return json.dumps(value).encode()
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    set_json_dumps(json_dumps, conn)
+
+
 def open_pool(database_url: str, *, max_size: int = 10, timeout: float = 5.0,
               name: str = "atrium") -> ConnectionPool[Any]:
     recent = _RecentlyReturned()
@@ -59,6 +81,7 @@ def open_pool(database_url: str, *, max_size: int = 10, timeout: float = 5.0,
         kwargs={"application_name": name, "connect_timeout": 5},
         check=recent.check,
         reset=recent.reset,
+        configure=_configure,
     )
     pool.open(wait=False)
     return pool
