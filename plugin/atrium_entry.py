@@ -105,8 +105,9 @@ def on_change(change_type: object, level: object, resource_id: str) -> None:
         logging.getLogger("atrium.entry").exception("on_change failed type=%s", change_type)
 
 
-# Orthanc gives the client's address to the request filter only; the route that
-# serves the request runs next on the same HTTP thread and reads it from here. Keyed
+# Orthanc gives the connection's address to the request filter only; the client's
+# (through trusted proxies: atrium.auth.client_address) is kept here for the route
+# that serves the request, which runs next on the same HTTP thread. Keyed
 # by the thread's id, not a threading.local: Orthanc's threads are not Python's, and
 # the plugin drops a thread's Python state (and its locals) after each callback.
 _client_ips: dict[int, str] = {}
@@ -121,8 +122,8 @@ def incoming_request_filter(uri: str, method: object, ip: str, headers: dict[str
                             get: object = None) -> bool:
     """Intervention: every HTTP request Orthanc receives, before it is routed.
     ``get`` is passed for GET requests only."""
-    _client_ips[threading.get_ident()] = ip
     lowered = {str(k).lower(): str(v) for k, v in dict(headers or {}).items()}
+    _client_ips[threading.get_ident()] = _app.request_filter.client_address(ip, lowered)
     name = _METHODS.get(method, str(method))  # type: ignore[call-overload]
     return _app.request_filter.allow(uri, name, ip, lowered)
 

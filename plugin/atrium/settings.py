@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse
 
+from atrium.auth.client_address import TrustedProxies
+
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
 
@@ -72,6 +74,7 @@ _CONFIG_KEYS: dict[str, str] = {
     "ATRIUM_BACKUP_RETENTION_DAYS": "BackupRetentionDays",
     "ATRIUM_BACKUP_ARCHIVE_TIMEOUT_SECONDS": "BackupArchiveTimeoutSeconds",
     "ATRIUM_TRACEMALLOC_SECONDS": "TracemallocSeconds",
+    "ATRIUM_TRUSTED_PROXIES": "TrustedProxies",
 }
 
 # Orthanc's own listeners live at the top level of its configuration.
@@ -164,6 +167,9 @@ class Settings:
     # A diagnostic (atrium.memtrace): trace Python's allocations and report their
     # growth to <data_dir>/tracemalloc.txt every this many seconds; 0: off.
     tracemalloc_seconds: float = 0.0
+    # The proxies (addresses, CIDR blocks) whose X-Forwarded-For names the client an
+    # audit row records (atrium.auth.client_address); none: the connection's address.
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
 
     @property
     def owner_url(self) -> str:
@@ -181,7 +187,7 @@ class Settings:
 def _as_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, dict):
+    if isinstance(value, dict | list):
         return json.dumps(value)
     return str(value)
 
@@ -230,6 +236,25 @@ def _parse_aet_map(raw: str) -> dict[str, str]:
             raise SettingsError(f"{name} has an invalid entry {aet!r}: {org!r}")
         mapping[aet.strip()] = org.strip()
     return mapping
+
+
+def _parse_trusted_proxies(raw: str) -> TrustedProxies:
+    """A JSON list (the configuration's ``TrustedProxies``) or a comma-separated list
+    (the environment's) of addresses and CIDR blocks."""
+    name = "ATRIUM_TRUSTED_PROXIES"
+    entries: Any = raw.split(",")
+    if raw.strip().startswith("["):
+        try:
+            entries = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"{name} must be a list of addresses or CIDR blocks: "
+                                f"{exc.msg}") from None
+        if not all(isinstance(entry, str) for entry in entries):
+            raise SettingsError(f"{name} must be a list of addresses or CIDR blocks (text)")
+    try:
+        return TrustedProxies.parse(entry for entry in entries if entry.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{name}: {exc}") from None
 
 
 def _check_storage_url(url: str, s3_endpoint: str | None) -> None:
@@ -529,4 +554,5 @@ def load_settings(
         metrics_token=_check_metrics_token(raw("ATRIUM_METRICS_TOKEN")),
         tracemalloc_seconds=_parse_float(
             "ATRIUM_TRACEMALLOC_SECONDS", raw("ATRIUM_TRACEMALLOC_SECONDS") or "0", 0, 86400),
+        trusted_proxies=_parse_trusted_proxies(raw("ATRIUM_TRUSTED_PROXIES") or ""),
     )

@@ -308,6 +308,17 @@ def test_haproxy_spreads_http_and_dicom_over_healthy_replicas() -> None:
     assert "nameserver dns 127.0.0.11:53" in config["resolvers docker"]
 
 
+def test_replicas_trust_forwarded_addresses_from_their_own_network_only(
+        compose: dict[str, Any]) -> None:
+    # The balancer appends each client's address; the replicas, which publish no
+    # port, trust it from the compose network's subnet and from nowhere else.
+    assert "option forwardfor" in haproxy_sections()["frontend http"]
+    trusted = services(compose)["orthanc"]["environment"]["ATRIUM_TRUSTED_PROXIES"]
+    subnets = [entry["subnet"] for entry in compose["networks"]["default"]["ipam"]["config"]]
+    assert subnets == [trusted] == ["${COMPOSE_NETWORK_SUBNET:-172.28.0.0/16}"]
+    assert "ports" not in services(compose)["orthanc"]
+
+
 @pytest.mark.skipif(shutil.which("haproxy") is None and not Path("/usr/sbin/haproxy").exists(),
                     reason="HAProxy is not installed (scripts/bootstrap.sh --test installs it)")
 def test_haproxy_accepts_the_compose_configuration(tmp_path: Path) -> None:

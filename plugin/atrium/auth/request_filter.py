@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from atrium.auth.audit import record_alone
+from atrium.auth.client_address import TrustedProxies
 from atrium.auth.guard import AuthGuard, Caller
 from atrium.auth.internal import is_internal_call
 from atrium.auth.principal import Permission
@@ -136,16 +137,24 @@ class RequestFilter:
 
     def __init__(self, guard: AuthGuard, internal_secret: str, connect: Callable[[], Any], *,
                  dicomweb_root: str, plugin_root: str, gateway_enabled: bool,
-                 operators: Callable[[], Any] = lambda: None) -> None:
+                 operators: Callable[[], Any] = lambda: None,
+                 proxies: TrustedProxies | None = None) -> None:
         """``operators``: the id of the organization whose administrators operate
-        Orthanc as a whole (the default organization), or None."""
+        Orthanc as a whole (the default organization), or None. ``proxies``: whose
+        ``X-Forwarded-For`` names the client that audit rows record."""
         self._guard = guard
+        self._proxies = proxies or TrustedProxies()
         self._operators = operators
         self._secret = internal_secret
         self._connect = connect
         self._dicomweb_root = dicomweb_root
         self._plugin_root = plugin_root
         self._gateway_enabled = gateway_enabled
+
+    def client_address(self, ip: str, headers: Mapping[str, str]) -> str:
+        """The address of the client behind a connection from ``ip``, as audit rows
+        record it (atrium.auth.client_address)."""
+        return self._proxies.client(ip, headers)
 
     def allow(self, uri: str, method: str, ip: str, headers: Mapping[str, str]) -> bool:
         try:
@@ -213,7 +222,7 @@ class RequestFilter:
                headers: Mapping[str, str], *, phi: bool) -> None:
         # The path only, cut short: Orthanc's URIs hold ids, never names.
         event = audit_event(action=f"{method} orthanc", caller=caller, status=status,
-                            client_ip=ip, headers=headers, resource_type="orthanc", phi=phi,
-                            uri=uri[:200])
+                            client_ip=self.client_address(ip, headers), headers=headers,
+                            resource_type="orthanc", phi=phi, uri=uri[:200])
         with self._connect() as conn:
             record_alone(conn, event)
