@@ -9,6 +9,7 @@ work to Atrium's mirror worker and can neither block nor raise into Orthanc.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import logging
 import os
@@ -86,8 +87,17 @@ def _on_deleted(level: object, resource_id: str) -> None:
         _app.worker.notify_deleted(name, resource_id)
 
 
+def _on_started(level: object, resource_id: str) -> None:
+    _app.start()
+    # What is loaded by now (modules, the codecs, the application) lives as long as
+    # Orthanc: out of the collector's sight, a full collection no longer walks it. In
+    # Orthanc a full collection took 110-120 ms with the GIL held, a pause for every
+    # request in flight; 18-38 ms after this (bench/signals.py, a gc callback).
+    gc.freeze()
+
+
 _ON_CHANGE = {
-    orthanc.ChangeType.ORTHANC_STARTED: lambda level, rid: _app.start(),
+    orthanc.ChangeType.ORTHANC_STARTED: _on_started,
     orthanc.ChangeType.ORTHANC_STOPPED: lambda level, rid: _app.stop(),
     orthanc.ChangeType.NEW_INSTANCE: lambda level, rid: _app.worker.notify_new(),
     orthanc.ChangeType.DELETED: _on_deleted,

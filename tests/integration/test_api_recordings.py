@@ -239,6 +239,28 @@ def test_list_filters_pages_and_soft_delete(atrium: AtriumUnderTest) -> None:
     assert listed == ids[:0:-1]
 
 
+def test_a_window_just_read_is_no_help_to_another_caller_or_after_a_deletion(
+        atrium: AtriumUnderTest) -> None:
+    # The signal route keeps what its scope lookup said for a moment; that must
+    # never serve another organization, a caller without READ_PHI, or a deletion.
+    patient = requests.post(f"{atrium.url}/api/patients", headers=atrium.auth(), timeout=30,
+                            json={"mrn": unique("MRN"), "is_deidentified": False}).json()["id"]
+    made = post_json(atrium, {"recording_type": "ECG", "sampling_rate": 10,
+                              "patient_id": patient,
+                              "channels": [{"name": "x", "samples": [1, 2, 3]}]}).json()["id"]
+    window = f"/api/recordings/{made}/signal"
+    assert get(atrium, window).status_code == 200
+    assert get(atrium, window, "researcher").status_code == 404
+    elsewhere = requests.get(f"{atrium.url}{window}", timeout=30,
+                             headers=atrium.auth("clinician", "Other Hospital"))
+    assert elsewhere.status_code == 404
+    assert get(atrium, window).status_code == 200
+    deleted = requests.delete(f"{atrium.url}/api/recordings/{made}", headers=atrium.auth(),
+                              timeout=30)
+    assert deleted.status_code == 204
+    assert get(atrium, window).status_code == 404
+
+
 def test_researchers_see_recordings_of_deidentified_patients_only(
         atrium: AtriumUnderTest) -> None:
     patients = {}

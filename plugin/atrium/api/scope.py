@@ -26,9 +26,10 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any, Generic, TypeVar
 
 from psycopg import sql
 
@@ -37,9 +38,9 @@ from atrium.errors import BadRequest, FieldError, Forbidden
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Conditions", "SourceOrganizations", "live_study_scope", "organization_scope", "owned_scope",
-    "patient_scope",
-    "prefix_tsquery", "require_live_organization", "require_words", "study_scope",
+    "Conditions", "RecentlyVisible", "SourceOrganizations", "live_study_scope",
+    "organization_scope", "owned_scope", "patient_scope", "prefix_tsquery",
+    "require_live_organization", "require_words", "study_scope", "visible_key",
 ]
 
 
@@ -60,6 +61,50 @@ class Conditions:
         if not self._parts:
             return sql.SQL("TRUE")
         return sql.SQL(" AND ").join(sql.SQL("({})").format(part) for part in self._parts)
+
+
+V = TypeVar("V")
+
+
+class RecentlyVisible(Generic[V]):
+    """What the scope query said about one resource for a kind of caller
+    (organization, PHI or not), kept for ``seconds``: a viewer asks for dozens of
+    a slide's tiles or a recording's windows a second, and each would otherwise
+    repeat the same lookup — for a recording, a probe of every partition of
+    ``recordings``. The route clears it when it deletes the resource, and on the
+    cluster bus when another node does; a patient's de-identification, or an
+    organization's deletion, shows within ``seconds``."""
+
+    def __init__(self, seconds: float = 2.0, capacity: int = 10_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._seconds = seconds
+        self._capacity = capacity
+        self._clock = clock
+        self._known: dict[Hashable, tuple[float, V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> V | None:
+        with self._lock:
+            found = self._known.get(key)
+        if found is None or self._clock() - found[0] >= self._seconds:
+            return None
+        return found[1]
+
+    def put(self, key: Hashable, value: V) -> None:
+        with self._lock:
+            if len(self._known) >= self._capacity:
+                self._known.clear()
+            self._known[key] = (self._clock(), value)
+
+    def clear(self, *_: Any) -> None:
+        """Forget everything (extra arguments, such as a bus message's, are ignored)."""
+        with self._lock:
+            self._known.clear()
+
+
+def visible_key(caller: Any, resource_id: Any) -> tuple[Any, ...]:
+    """:class:`RecentlyVisible`'s key: what the scope answer depends on."""
+    return (caller.organization_id, caller.can_read_phi, resource_id)
 
 
 def _col(alias: str, column: str) -> sql.Identifier:

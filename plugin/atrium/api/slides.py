@@ -21,10 +21,7 @@ import hashlib
 import json
 import logging
 import re
-import threading
-import time
 import uuid as uuid_module
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +52,7 @@ from atrium.api.schema import (
     string,
     uuid,
 )
-from atrium.api.scope import owned_scope, patient_scope
+from atrium.api.scope import RecentlyVisible, owned_scope, patient_scope, visible_key
 from atrium.auth.principal import Permission
 from atrium.cluster.bus import publish
 from atrium.errors import BadRequest, Conflict, FieldError, NotFound, ServiceUnavailable
@@ -167,39 +164,6 @@ class _Visible:
     version: str  # changes when the slide's row does
 
 
-class _RecentlyVisible:
-    """What the scope query said about a slide for a kind of caller (organization,
-    PHI or not), kept for ``seconds``: a viewer asks for dozens of tiles of one
-    slide a second, and each would otherwise cost the pixel routes' only database
-    round trips. A deletion made through any node clears it at once (the cluster
-    bus); a patient's de-identification changed shows within ``seconds``."""
-
-    def __init__(self, seconds: float = 2.0, capacity: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self._seconds = seconds
-        self._capacity = capacity
-        self._clock = clock
-        self._known: dict[tuple[Any, ...], tuple[float, _Visible]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[Any, ...]) -> _Visible | None:
-        with self._lock:
-            found = self._known.get(key)
-        if found is None or self._clock() - found[0] >= self._seconds:
-            return None
-        return found[1]
-
-    def put(self, key: tuple[Any, ...], visible: _Visible) -> None:
-        with self._lock:
-            if len(self._known) >= self._capacity:
-                self._known.clear()
-            self._known[key] = (self._clock(), visible)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._known.clear()
-
-
 def _slide(row: tuple[Any, ...]) -> tuple[dict[str, Any], bool]:
     return dict(zip(_COLUMNS, row[:-1], strict=True)), bool(row[-1])
 
@@ -251,7 +215,7 @@ def routes(app: Atrium) -> list[Route]:
     assert library is not None, "the slide library is built before the routes"
     max_request = app.settings.upload_max_request_bytes
 
-    recently_visible = _RecentlyVisible()
+    recently_visible: RecentlyVisible[_Visible] = RecentlyVisible()
 
     def deleted_elsewhere(slide_id: str) -> None:
         library.forget(uuid_module.UUID(slide_id))
@@ -262,7 +226,7 @@ def routes(app: Atrium) -> list[Route]:
 
     def visible(request: Request) -> _Visible:
         caller = request.caller
-        key = (caller.organization_id, caller.can_read_phi, request.params["id"])
+        key = visible_key(caller, request.params["id"])
         known = recently_visible.get(key)
         if known is not None:
             return known

@@ -47,6 +47,7 @@ import pydicom
 from psycopg.types.json import Jsonb
 
 from atrium.auth.audit import AuditEvent, record_many
+from atrium.cluster.bus import publish
 from atrium.dicom.scan import DEFAULT_LIMITS, DicomLimits, UnsafeDicom, scan
 from atrium.errors import ApiError
 from atrium.mirror.extract import sanitize_json
@@ -291,6 +292,8 @@ def retire_waveform(conn: Any, candidate: WaveformCandidate, fingerprint: str | 
         _lock(conn, candidate)
         known = conn.execute(_KNOWN, (candidate.instance_id,)).fetchone()
         retired = _set_deleted(conn, known[2] if known else [], deleted=True)
+        for recording_id in retired:  # every node stops serving its windows at once
+            publish(conn, "recording", str(recording_id))
         kept: Sequence[uuid.UUID] = []
         if outcome == "gone":  # kept, so that the same file coming back restores them
             fingerprint = fingerprint or (known[0] if known else None)
