@@ -36,8 +36,12 @@ def _use_venv() -> None:
         site.addsitedir(str(site_packages))  # also runs the editable install's .pth
         added = [entry for entry in sys.path if entry not in before]
         sys.path[:] = added + before
-    if str(_HERE) not in sys.path:
-        sys.path.insert(0, str(_HERE))
+    # The package beside this script first, whatever the venv's editable install
+    # names: Orthanc's plugin has already appended this directory, behind the
+    # venv's entries, so a checkout sharing another's venv ran that one's Atrium.
+    if str(_HERE) in sys.path:
+        sys.path.remove(str(_HERE))
+    sys.path.insert(0, str(_HERE))
 
 
 _use_venv()
