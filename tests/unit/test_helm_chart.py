@@ -217,9 +217,11 @@ def test_the_orthanc_configuration_is_the_repositorys_with_the_values(
     assert chart.pop("RemoteAccessAllowed") is True
     local.pop("RemoteAccessAllowed")
     assert chart == local
-    other = render(values(orthanc__aet="NORTH", atrium__aetOrganizations={"CT1": "North"}))
+    other = render(values(orthanc__aet="NORTH", atrium__aetOrganizations={"CT1": "North"},
+                          atrium__trustedProxies=["10.42.0.0/16"]))
     chart = json.loads(other["ConfigMap"]["data"]["atrium.json"])
     assert chart["DicomAet"] == "NORTH" and chart["Atrium"]["AetOrganizations"] == {"CT1": "North"}
+    assert chart["Atrium"]["TrustedProxies"] == ["10.42.0.0/16"]
 
 
 def test_the_renderer_refuses_what_it_does_not_know() -> None:
