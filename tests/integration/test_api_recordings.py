@@ -248,17 +248,19 @@ def test_a_window_just_read_is_no_help_to_another_caller_or_after_a_deletion(
     made = post_json(atrium, {"recording_type": "ECG", "sampling_rate": 10,
                               "patient_id": patient,
                               "channels": [{"name": "x", "samples": [1, 2, 3]}]}).json()["id"]
-    window = f"/api/recordings/{made}/signal"
-    assert get(atrium, window).status_code == 200
-    assert get(atrium, window, "researcher").status_code == 404
-    elsewhere = requests.get(f"{atrium.url}{window}", timeout=30,
-                             headers=atrium.auth("clinician", "Other Hospital"))
-    assert elsewhere.status_code == 404
-    assert get(atrium, window).status_code == 200
+    routes = [f"/api/recordings/{made}/signal", f"/api/recordings/{made}/events"]
+    for route in routes:
+        assert get(atrium, route).status_code == 200
+        assert get(atrium, route, "researcher").status_code == 404
+        elsewhere = requests.get(f"{atrium.url}{route}", timeout=30,
+                                 headers=atrium.auth("clinician", "Other Hospital"))
+        assert elsewhere.status_code == 404
+        assert get(atrium, route).status_code == 200
     deleted = requests.delete(f"{atrium.url}/api/recordings/{made}", headers=atrium.auth(),
                               timeout=30)
     assert deleted.status_code == 204
-    assert get(atrium, window).status_code == 404
+    for route in routes:
+        assert get(atrium, route).status_code == 404
 
 
 def test_researchers_see_recordings_of_deidentified_patients_only(

@@ -340,9 +340,9 @@ def routes(app: Atrium) -> list[Route]:
             raise NotFound(f"No recording {recording_id}")
         return _recording(row)
 
-    # The signal route's lookups: a viewer scrolling asks for a window every few
-    # hundred milliseconds, and finding a recording probes every partition of
-    # ``recordings`` (2-3 ms of planning and execution).
+    # The lookups of the signal and events routes: a viewer scrolling asks for a
+    # window (and its events) every few hundred milliseconds, and finding a recording
+    # probes every partition of ``recordings`` (2-3 ms of planning and execution).
     recently_visible: RecentlyVisible[tuple[dict[str, Any], bool]] = RecentlyVisible()
     if app.bus is not None:  # a deletion through any node ends the windows here at once
         app.bus.subscribe("recording", recently_visible.clear, resync=recently_visible.clear)
@@ -495,7 +495,7 @@ def routes(app: Atrium) -> list[Route]:
     def events(request: Request) -> Response:
         args = request.args
         with app.pool.connection() as conn:
-            found, phi = find(conn, request, request.params["id"])
+            found, phi = find_recently(conn, request)
             items = read_events(conn, found["id"], layout=layout_of(found),
                                 start=args.get("start"),
                                 end=args.get("end"), label=args.get("label"))
