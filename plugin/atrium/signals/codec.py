@@ -166,8 +166,8 @@ def decode(segment: bytes) -> NDArray[np.int32]:
     )
     tap_ptr, tap_src, tap_lag, tap_coef, shifts, warmup = _tap_arrays(info.predictors)
     block = _reconstruct(residuals, tap_ptr, tap_src, tap_lag, tap_coef, shifts, warmup)
-    samples = block.astype(np.int32)
-    if zlib.crc32(samples.astype("<i4").tobytes()) != info.crc32:
+    samples = block.astype("<i4")
+    if zlib.crc32(samples) != info.crc32:
         raise ValueError("the segment is corrupt: its samples fail the CRC-32 check")
     return samples[0] if info.one_dimensional else samples
 
