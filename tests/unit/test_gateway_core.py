@@ -64,7 +64,10 @@ def test_the_internal_credential_counts_only_from_loopback(tmp_path: Path) -> No
     headers = {INTERNAL_HEADER.lower(): secret}
     assert is_internal_call(headers, "127.0.0.1", secret)
     assert is_internal_call(headers, "::1", secret)
+    # How a dual-stack listener reports a connection from 127.0.0.1.
+    assert is_internal_call(headers, "::ffff:127.0.0.1", secret)
     assert not is_internal_call(headers, "10.0.0.5", secret)
+    assert not is_internal_call(headers, "::ffff:10.0.0.5", secret)
     assert not is_internal_call({INTERNAL_HEADER.lower(): secret[:-1] + "x"}, "127.0.0.1",
                                 secret)
     assert not is_internal_call({}, "127.0.0.1", secret)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from jose import jwt
 
-from atrium.auth.dev_issuer import DEV_ISSUER, DevLogin, LoginError, is_loopback, load_or_create
+from atrium.auth.client_address import is_loopback
+from atrium.auth.dev_issuer import DEV_ISSUER, DevLogin, LoginError, load_or_create
 from atrium.auth.request_filter import route_kind
 from atrium.auth.tokens import validator_for
 from atrium.settings import load_settings

@@ -25,13 +25,13 @@ from atrium.api.http import (
     problem_response,
 )
 from atrium.api.schema import obj, string
+from atrium.auth.client_address import is_loopback
 from atrium.auth.dev_issuer import (
     DEV_ISSUER,
     DevIssuer,
     DevLogin,
     LoginError,
     check_redirect,
-    is_loopback,
     load_or_create,
 )
 from atrium.auth.principal import KNOWN_ROLES

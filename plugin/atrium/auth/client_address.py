@@ -16,14 +16,32 @@ is decided on the socket's address, never on a header.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-__all__ = ["TrustedProxies"]
+__all__ = ["TrustedProxies", "is_loopback"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@functools.lru_cache(maxsize=1024)
+def is_loopback(host_or_ip: str) -> bool:
+    """Whether an address (or ``localhost``) is this machine's loopback, also as a
+    dual-stack server may report it (``::ffff:127.0.0.1``). Cached: the request
+    filter asks on every request, and a node hears from few distinct addresses."""
+    host = host_or_ip.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 def _hop(text: str) -> Address | None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -47,13 +46,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jose import jwt
 
+from atrium.auth.client_address import is_loopback
 from atrium.auth.principal import KNOWN_ROLES
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_TTL_SECONDS", "DEV_ISSUER", "MAX_TTL_SECONDS", "DevIssuer", "DevIssuerError",
-    "DevLogin", "LoginError", "check_redirect", "dev_subject", "is_loopback", "key_path",
+    "DevLogin", "LoginError", "check_redirect", "dev_subject", "key_path",
     "load_or_create",
 ]
 
@@ -212,20 +212,6 @@ class LoginError(ValueError):
     def __init__(self, error: str, description: str) -> None:
         super().__init__(description)
         self.error = error
-
-
-def is_loopback(host_or_ip: str) -> bool:
-    """Whether an address (or ``localhost``) is this machine's loopback."""
-    host = host_or_ip.strip("[]").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback  # how a dual-stack server may see 127.0.0.1
-    return address.is_loopback
 
 
 def check_redirect(redirect_uri: str) -> str:

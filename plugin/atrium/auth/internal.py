@@ -10,13 +10,13 @@ loopback address.
 
 from __future__ import annotations
 
-import functools
 import hmac
-import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
+
+from atrium.auth.client_address import is_loopback
 
 __all__ = ["INTERNAL_HEADER", "internal_secret", "is_internal_call"]
 
@@ -46,19 +46,9 @@ def internal_secret(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
-@functools.lru_cache(maxsize=1024)
-def _is_loopback(ip: str) -> bool:
-    # Cached: parsing the address is a measurable share of the request filter's
-    # cost on every request, and a node hears from few distinct addresses.
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
-
-
 def is_internal_call(headers: Mapping[str, str], ip: str, secret: str) -> bool:
     """Whether a request comes from Atrium itself: the secret (lower-case header
     names), compared in constant time, from a loopback address."""
     presented = headers.get(INTERNAL_HEADER.lower(), "")
-    return bool(presented) and _is_loopback(ip) and hmac.compare_digest(
+    return bool(presented) and is_loopback(ip) and hmac.compare_digest(
         presented.encode(), secret.encode())
