@@ -10,12 +10,32 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import urllib3
 
-__all__ = ["HttpOrthancApi", "OrthancApi", "OrthancError", "SdkOrthancApi", "iter_changes"]
+__all__ = ["HttpOrthancApi", "OrthancApi", "OrthancError", "SdkOrthancApi", "iter_changes",
+           "send"]
+
+log = logging.getLogger(__name__)
+
+
+def send(http: urllib3.PoolManager, method: str, url: str,
+         **options: Any) -> urllib3.BaseHTTPResponse:
+    """``http.request(method, url, **options)``, sent once more (on another
+    connection) if Orthanc drops it unanswered. Orthanc closes a keep-alive connection idle for
+    about a second, and a request sent on one as it closes is lost without a status
+    (a ``ProtocolError``); nothing was done for it. Every call Atrium makes can be
+    repeated: reads, deletions, and stores of the same instances, which Orthanc keeps
+    once. Other failures (refused, timed out) raise at once."""
+    try:
+        return http.request(method, url, **options)
+    except urllib3.exceptions.ProtocolError as exc:
+        log.warning("orthanc.request_dropped method=%s error=%s; sending it once more",
+                    method, exc)
+    return http.request(method, url, **options)
 
 
 class OrthancError(RuntimeError):
@@ -80,8 +100,8 @@ class HttpOrthancApi:
                  content_type: str | None = None) -> urllib3.BaseHTTPResponse:
         headers = {**self._headers, **({"Content-Type": content_type} if content_type else {})}
         try:
-            response = self._http.request(method, self.base_url + path, body=body,
-                                          headers=headers)
+            response = send(self._http, method, self.base_url + path, body=body,
+                            headers=headers)
         except urllib3.exceptions.HTTPError as exc:
             raise OrthancError(path, 503, f"Orthanc unreachable: {exc}") from exc
         if response.status >= 400:
@@ -100,8 +120,8 @@ class HttpOrthancApi:
         """``(read(n), size)`` over the answer's body, read as it arrives: a file of
         any size in bounded memory."""
         try:
-            response = self._http.request("GET", self.base_url + path, headers=self._headers,
-                                          preload_content=False)
+            response = send(self._http, "GET", self.base_url + path, headers=self._headers,
+                            preload_content=False)
         except urllib3.exceptions.HTTPError as exc:
             raise OrthancError(path, 503, f"Orthanc unreachable: {exc}") from exc
         try:

@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 import urllib3
 
 from atrium.errors import ServiceUnavailable
+from atrium.orthanc_api import send
 
 log = logging.getLogger(__name__)
 
@@ -101,22 +102,10 @@ class PluginForwarder:
         url = self._base + path + (f"?{urlencode(query, safe=_RAW, quote_via=quote)}"
                                    if query else "")
         passed = {name: headers[name] for name in _PASSED if name in headers}
-        for attempt in (1, 2):
-            try:
-                response = self._http.request(method, url, body=body or None,
-                                              headers={**passed, **self._internal},
-                                              preload_content=False)
-                return Upstream(response)
-            except urllib3.exceptions.ProtocolError as exc:
-                # Orthanc closes a keep-alive connection idle for about a second, and
-                # a request sent on one as it closes is dropped without an answer:
-                # sent once more, on a new connection. Also for a STOW-RS: storing the
-                # same instances twice stores them once.
-                log.warning("dicomweb.upstream_dropped method=%s attempt=%d error=%s",
-                            method, attempt, exc)
-                failure: Exception = exc
-            except urllib3.exceptions.HTTPError as exc:
-                failure = exc
-                break
-        raise ServiceUnavailable("Orthanc's DICOMweb service did not answer; try again."
-                                 ) from failure
+        try:
+            response = send(self._http, method, url, body=body or None,
+                            headers={**passed, **self._internal}, preload_content=False)
+        except urllib3.exceptions.HTTPError as exc:
+            raise ServiceUnavailable("Orthanc's DICOMweb service did not answer; try again."
+                                     ) from exc
+        return Upstream(response)

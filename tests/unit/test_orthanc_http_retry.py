@@ -1,5 +1,6 @@
-"""The forwarder to the DICOMweb plugin against a loopback server that drops a
-kept-alive connection the way Orthanc does when its keep-alive timeout ends."""
+"""Atrium's HTTP calls to Orthanc (the DICOMweb forwarder, the mirror's and the
+command's ``HttpOrthancApi``) against a loopback server that drops a kept-alive
+connection the way Orthanc does when its keep-alive timeout ends."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 
 from atrium.dicomweb.forward import PluginForwarder
 from atrium.errors import ServiceUnavailable
+from atrium.orthanc_api import HttpOrthancApi, OrthancError
 
 _ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\n"
            b"Content-Length: 2\r\nConnection: keep-alive\r\n\r\n[]")
@@ -110,3 +112,20 @@ def test_an_upstream_that_is_not_listening_is_a_503_at_once() -> None:
         port = probe.getsockname()[1]
     with pytest.raises(ServiceUnavailable, match="did not answer"):
         _forwarder(port)("GET", "/studies", {}, {})
+
+
+def test_the_mirror_s_calls_are_sent_again_too(server: DroppingServer) -> None:
+    api = HttpOrthancApi(f"http://127.0.0.1:{server.port}", timeout=5)
+    assert api.get_json("/changes") == []
+    assert api.get_json("/changes?since=1") == []
+    assert len(server.requests) == 3 and server.connections == 2
+
+
+def test_the_mirror_s_calls_fail_as_503_when_every_try_is_dropped() -> None:
+    server = DroppingServer(drop_every_request=True)
+    try:
+        with pytest.raises(OrthancError) as raised:
+            HttpOrthancApi(f"http://127.0.0.1:{server.port}", timeout=5).get_json("/system")
+        assert raised.value.status == 503 and len(server.requests) == 2
+    finally:
+        server.close()
