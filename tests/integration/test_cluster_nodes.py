@@ -348,9 +348,12 @@ def test_a_job_of_a_killed_node_finishes_on_the_other_exactly_once(cluster: Clus
         assert copies == [(final["result"]["study_id"], 300)]
         # Exactly once: no second copy, in the mirror or in Orthanc (this module makes
         # no other de-identified study).
-        assert survivor.scalar(
-            "SELECT count(*) FROM studies s JOIN patients p ON p.id = s.patient_id "
-            "WHERE p.is_deidentified AND s.deleted_at IS NULL") == 1
+        deidentified = survivor.sql(
+            "SELECT s.orthanc_id, s.number_of_instances, s.created_at::text FROM studies s "
+            "JOIN patients p ON p.id = s.patient_id "
+            "WHERE p.is_deidentified AND s.deleted_at IS NULL")
+        # What a failure needs to be understood: which copies, and what the job did.
+        assert len(deidentified) == 1, (deidentified, final["result"])
         copy_uid = survivor.scalar("SELECT study_instance_uid FROM studies WHERE id = %s",
                                    (final["result"]["study_id"],))
         uids = [survivor.api.get_json(f"/studies/{s}")["MainDicomTags"]["StudyInstanceUID"]
