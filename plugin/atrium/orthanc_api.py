@@ -9,6 +9,7 @@ which the mirror uses even inside Orthanc (see ``atrium.app``). Both raise
 from __future__ import annotations
 
 import contextlib
+import http.client as http_client
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -25,14 +26,18 @@ log = logging.getLogger(__name__)
 def send(http: urllib3.PoolManager, method: str, url: str,
          **options: Any) -> urllib3.BaseHTTPResponse:
     """``http.request(method, url, **options)``, sent once more (on another
-    connection) if Orthanc drops it unanswered. Orthanc closes a keep-alive connection idle for
-    about a second, and a request sent on one as it closes is lost without a status
-    (a ``ProtocolError``); nothing was done for it. Every call Atrium makes can be
-    repeated: reads, deletions, and stores of the same instances, which Orthanc keeps
-    once. Other failures (refused, timed out) raise at once."""
+    connection) if Orthanc closed the connection before any answer. Orthanc closes
+    a keep-alive connection idle for about a second, and a request sent on one as it
+    closes is lost before Orthanc reads it. Only that is repeated — the connection
+    gone with no status line (``RemoteDisconnected``, a broken pipe) — never an
+    answer that broke off after it began, whose request Orthanc may have carried out
+    (an anonymization started twice makes two copies). Other failures raise at once."""
     try:
         return http.request(method, url, **options)
     except urllib3.exceptions.ProtocolError as exc:
+        cause = exc.args[1] if len(exc.args) > 1 else None
+        if not isinstance(cause, http_client.RemoteDisconnected | BrokenPipeError):
+            raise
         log.warning("orthanc.request_dropped method=%s error=%s; sending it once more",
                     method, exc)
     return http.request(method, url, **options)

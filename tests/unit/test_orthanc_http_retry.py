@@ -36,12 +36,15 @@ def _read_request(conn: socket.socket) -> bytes:
 class DroppingServer:
     """Answers the first request of each connection and keeps it open; a second
     request on the same connection is read and then dropped without an answer.
-    ``drop_every_request``: drop even first requests (an upstream that is gone)."""
+    ``drop_every_request``: drop even first requests (an upstream that is gone).
+    ``break_off``: answer every request with a body cut short, then close (an answer
+    that began: the request may have been carried out)."""
 
-    def __init__(self, drop_every_request: bool = False) -> None:
+    def __init__(self, drop_every_request: bool = False, break_off: bool = False) -> None:
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._drop_all = drop_every_request
+        self._break_off = break_off
         self.requests: list[bytes] = []
         self.connections = 0
         threading.Thread(target=self._serve, daemon=True).start()
@@ -63,6 +66,9 @@ class DroppingServer:
                 if not head:
                     return
                 self.requests.append(head)
+                if self._break_off:
+                    conn.sendall(_ANSWER.replace(b"Content-Length: 2", b"Content-Length: 200"))
+                    return
                 if not first or self._drop_all:
                     return  # closed with the request read and unanswered
                 conn.sendall(_ANSWER)
@@ -127,5 +133,16 @@ def test_the_mirror_s_calls_fail_as_503_when_every_try_is_dropped() -> None:
         with pytest.raises(OrthancError) as raised:
             HttpOrthancApi(f"http://127.0.0.1:{server.port}", timeout=5).get_json("/system")
         assert raised.value.status == 503 and len(server.requests) == 2
+    finally:
+        server.close()
+
+
+def test_an_answer_that_broke_off_is_not_sent_again() -> None:
+    server = DroppingServer(break_off=True)
+    try:
+        with pytest.raises(OrthancError) as raised:
+            HttpOrthancApi(f"http://127.0.0.1:{server.port}", timeout=5).post_json(
+                "/studies/x/anonymize", {"Asynchronous": True})
+        assert raised.value.status == 503 and len(server.requests) == 1
     finally:
         server.close()
