@@ -487,7 +487,7 @@ def _parse_header(segment: bytes) -> tuple[SegmentInfo, int]:
     offset = _HEADER.size
     predictors = []
     # Every segment read passes here while holding the GIL, so this loop stays
-    # plain struct calls (numpy views and per-value conversions cost 10x more).
+    # plain struct calls (numpy views and per-value conversions took 8 times as long).
     try:
         for c in range(n_channels):
             order, shift, n_sources = struct.unpack_from("<BBB", segment, offset)
