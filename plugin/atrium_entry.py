@@ -243,17 +243,23 @@ def on_modality(output: object, uri: str, **request: object) -> None:
     refused (atrium.dicomnet.modalities); the request filter has already let only
     administrators through. Served by Orthanc's built-in API through the SDK, which
     does not come back here."""
+    from atrium.api.http import problem_response
+    from atrium.api.params import parse_json
     from atrium.dicomnet.modalities import without_get
+    from atrium.errors import BadRequest
 
     method = str(request.get("method", "GET"))
     try:
         if method == "PUT":
-            body = json.loads(request.get("body") or b"null")  # type: ignore[arg-type]
+            body = parse_json(request.get("body") or b"null")  # type: ignore[arg-type]
             answer = orthanc.RestApiPut(uri, json.dumps(without_get(body)))
         elif method == "DELETE":
             answer = orthanc.RestApiDelete(uri) or b"{}"
         else:
             answer = orthanc.RestApiGet(uri)
+    except BadRequest as refused:
+        _answer(output, problem_response(refused))
+        return
     except (ValueError, orthanc.OrthancException) as error:
         status = 404 if "Unknown" in str(error) or "Inexistent" in str(error) else 400
         _answer(output, Response(status, json.dumps({"error": str(error)}).encode(),

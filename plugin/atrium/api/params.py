@@ -39,10 +39,11 @@ from atrium.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from atrium.json_nesting import nests_deeper_than
 
 __all__ = [
     "JSON", "MAX_JSON_DEPTH", "PATH_CONVERTERS", "BodySpec", "Inputs", "ParamSpec", "PathTemplate",
-    "is_json_media_type", "parse_json", "parse_pattern",
+    "is_json_media_type", "parse_json", "parse_json_part", "parse_pattern",
 ]
 
 JSON = "application/json"
@@ -260,25 +261,39 @@ def _bounded_int(text: str) -> int:
     return int(text)
 
 
-def _check_tree(value: Any, check_text: bool) -> None:
-    """Nesting depth, and (when the text has escapes) NUL and surrogates in strings.
+def _check_text(value: Any) -> None:
+    """NUL and surrogates in strings (keys included), which only escapes can write.
 
-    Iterative, so a deep document cannot exhaust the stack here either.
+    Iterative, so that walking a document costs memory, not stack.
     """
-    stack: list[tuple[Any, int]] = [(value, 1)]
+    stack = [value]
     while stack:
-        node, depth = stack.pop()
+        node = stack.pop()
         if isinstance(node, str):
-            if check_text and _BAD_TEXT.search(node):
+            if _BAD_TEXT.search(node):
                 raise _Rejected(f"has a string that {_BAD_TEXT_MESSAGE}")
-            continue
-        if not isinstance(node, dict | list):
-            continue
-        if depth > MAX_JSON_DEPTH:
-            raise _Rejected(f"nests deeper than {MAX_JSON_DEPTH} levels")
-        children = [*node.keys(), *node.values()] if isinstance(node, dict) else node
-        stack.extend((child, depth + 1) for child in children
-                     if isinstance(child, dict | list) or (check_text and isinstance(child, str)))
+        elif isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _loads(text: str) -> Any:
+    # Measured before parsing: json's C parser recurses, and on one of Orthanc's
+    # HTTP threads a few hundred levels overflow the stack (atrium.json_nesting).
+    if nests_deeper_than(text, MAX_JSON_DEPTH):
+        raise _Rejected(f"nests deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates,
+                           parse_constant=_no_constant, parse_float=_finite,
+                           parse_int=_bounded_int)
+    except json.JSONDecodeError as error:
+        raise _Rejected(f"is not valid JSON: {error.msg} at line {error.lineno} "
+                        f"column {error.colno}") from None
+    if "\\u" in text:
+        _check_text(value)
+    return value
 
 
 def parse_json(body: bytes) -> Any:
@@ -295,19 +310,23 @@ def parse_json(body: bytes) -> Any:
             text = body.decode("utf-8")
         except UnicodeDecodeError as error:
             raise _Rejected(f"is not valid UTF-8 (at byte {error.start})") from None
-        try:
-            value = json.loads(text, object_pairs_hook=_no_duplicates,
-                               parse_constant=_no_constant, parse_float=_finite,
-                               parse_int=_bounded_int)
-        except json.JSONDecodeError as error:
-            raise _Rejected(f"is not valid JSON: {error.msg} at line {error.lineno} "
-                            f"column {error.colno}") from None
-        except RecursionError:
-            raise _Rejected(f"nests deeper than {MAX_JSON_DEPTH} levels") from None
-        _check_tree(value, check_text="\\u" in text)
+        return _loads(text)
     except _Rejected as rejected:
         raise BadRequest.invalid([FieldError("body", "", f"the body {rejected}")]) from None
-    return value
+
+
+def parse_json_part(text: str, name: str) -> Any:
+    """A form part's text as JSON, as strictly as :func:`parse_json` reads a body.
+
+    Raises
+    ------
+    BadRequest
+        For the field ``name``, saying what is wrong.
+    """
+    try:
+        return _loads(text)
+    except _Rejected as rejected:
+        raise BadRequest.invalid([FieldError("body", name, f"the part {rejected}")]) from None
 
 
 # ------------------------------------------------------------------ body checks

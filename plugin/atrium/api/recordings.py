@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import logging
 import uuid as uuid_module
 import zipfile
@@ -29,6 +28,7 @@ from psycopg import sql
 from atrium.api.http import JSON, AuditNote, Reply, Request, Response, Route, json_response
 from atrium.api.multipart import FormPart, parse_form_data
 from atrium.api.pagination import PAGE_PARAMETERS, Keyset, page_schema
+from atrium.api.params import parse_json_part
 from atrium.api.schema import (
     array,
     compile_schema,
@@ -255,11 +255,7 @@ def _form(parts: list[FormPart]) -> tuple[dict[str, Any], dict[str, bytes]]:
             raise BadRequest.invalid([FieldError("body", part.name, "is given twice")])
         text = part.text()
         if part.name == "metadata":
-            try:
-                fields["metadata"] = json.loads(text)
-            except ValueError:
-                raise BadRequest.invalid([FieldError("body", "metadata",
-                                                     "must be a JSON object")]) from None
+            fields["metadata"] = parse_json_part(text, "metadata")
         else:
             fields[part.name] = text
     if not files:

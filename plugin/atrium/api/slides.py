@@ -18,7 +18,6 @@ one row per caller and slide per window (:class:`atrium.auth.request_audit.Coale
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import uuid as uuid_module
@@ -40,6 +39,7 @@ from atrium.api.http import (
 )
 from atrium.api.multipart import FormPart, parse_form_data
 from atrium.api.pagination import PAGE_PARAMETERS, Keyset, page_schema
+from atrium.api.params import parse_json_part
 from atrium.api.schema import (
     compile_schema,
     date_time,
@@ -191,11 +191,7 @@ def _form_fields(parts: list[FormPart]) -> tuple[dict[str, Any], FormPart]:
             raise BadRequest.invalid([FieldError("body", part.name, "is given twice")])
         text = part.text()
         if part.name == "metadata":
-            try:
-                fields["metadata"] = json.loads(text)
-            except ValueError:
-                raise BadRequest.invalid([FieldError("body", "metadata",
-                                                     "must be a JSON object")]) from None
+            fields["metadata"] = parse_json_part(text, "metadata")
         else:
             fields[part.name] = text
     errors = field_errors(_NEW_SLIDE_VALIDATOR, fields, "body")

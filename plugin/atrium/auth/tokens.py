@@ -35,6 +35,8 @@ through.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import json
 import logging
@@ -54,6 +56,7 @@ from jose.exceptions import ExpiredSignatureError, JOSEError, JWTClaimsError
 
 from atrium.auth.principal import Principal, principal_from_claims
 from atrium.errors import ServiceUnavailable, Unauthorized
+from atrium.json_nesting import nests_deeper_than
 from atrium.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -76,6 +79,10 @@ KEYS_MAX_AGE_SECONDS = 3600.0
 HTTP_TIMEOUT_SECONDS = 3.0
 _MAX_DOCUMENT_BYTES = 1024 * 1024
 _JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+# A JOSE header is a flat object (a ``jwk`` member nests two levels); the issuer's
+# documents nest a few. Deeper text is never parsed (atrium.json_nesting).
+_MAX_HEADER_NESTING = 4
+_MAX_DOCUMENT_NESTING = 16
 #: Keycloak's ``typ`` claim of tokens that are not access tokens.
 _NOT_ACCESS_TOKENS = frozenset({"id", "refresh", "offline", "logout"})
 
@@ -133,6 +140,9 @@ def http_fetch_json(timeout: float = HTTP_TIMEOUT_SECONDS) -> FetchJson:
         if len(body) > _MAX_DOCUMENT_BYTES:
             raise IssuerUnreachable(f"GET {url} answered more than {_MAX_DOCUMENT_BYTES} bytes")
         try:
+            if nests_deeper_than(body.decode("utf-8"), _MAX_DOCUMENT_NESTING):
+                raise IssuerUnreachable(f"GET {url} answered JSON nested over "
+                                        f"{_MAX_DOCUMENT_NESTING} levels")
             document = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise IssuerUnreachable(f"GET {url} did not answer JSON") from None
@@ -247,6 +257,13 @@ def _unverified_header(token: str) -> Mapping[str, Any]:
         raise Unauthorized("encrypted tokens (JWE) are not accepted; send a signed JWT")
     if not _JWS.fullmatch(token):
         raise Unauthorized("the token is not a JWT (three base64url parts separated by dots)")
+    segment = token.split(".", 1)[0]
+    try:
+        header_text = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise Unauthorized("the token's header is not valid base64url JSON") from None
+    if nests_deeper_than(header_text.decode("utf-8", "replace"), _MAX_HEADER_NESTING):
+        raise Unauthorized("the token's header is not a flat JSON object")
     try:
         header = jwt.get_unverified_header(token)
     except JOSEError:
