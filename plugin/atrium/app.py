@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -75,6 +76,7 @@ from atrium.operations.retention import RunReport
 from atrium.operations.scheduled import ScheduledTask
 from atrium.orthanc_api import HttpOrthancApi, OrthancApi, OrthancError
 from atrium.settings import PUBLIC_DICOMWEB_ROOT, Settings
+from atrium.signals import codec
 from atrium.signals.waveform_registry import WaveformRegistry
 from atrium.slides.ann_importer import AnnImporter
 from atrium.slides.dicom_wsi import FrameReader, open_dicom_slide
@@ -88,6 +90,13 @@ from atrium.viewer.site import OhifSite
 log = logging.getLogger(__name__)
 
 __all__ = ["Atrium", "build_mirror", "orthanc_client", "organization_resolver"]
+
+
+def _compile_codec() -> None:
+    try:
+        codec.compile_loops()
+    except RuntimeError:
+        log.exception("signals.codec_compile_failed (signal requests will try again)")
 
 
 def orthanc_client(settings: Settings) -> HttpOrthancApi:
@@ -470,6 +479,9 @@ class Atrium:
         return app
 
     def start(self) -> None:
+        # Off the caller's thread: from numba's cache in half a second, but about
+        # 7 s of CPU on a fresh install, which the first signal request would wait for.
+        threading.Thread(target=_compile_codec, name="atrium-codec-warm", daemon=True).start()
         if self.memtrace is None and self.settings.tracemalloc_seconds > 0:
             self.memtrace = MemoryTrace(self.settings.data_dir / "tracemalloc.txt",
                                         self.settings.tracemalloc_seconds)

@@ -12,12 +12,16 @@ contexts follow the local residual magnitude. The byte layout is documented in
 ``docs/SIGNALS.md`` ("Codec"); a segment carries everything needed to decode it.
 
 The per-sample loops are compiled with numba: they are sequential by nature,
-since a sample's prediction needs the decoded samples before it.
+since a sample's prediction needs the decoded samples before it. They are
+compiled (or loaded from numba's cache) once per process by
+:func:`compile_loops`, always on a thread of its own with a large stack, and
+never again: see there why.
 """
 
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Final
@@ -31,6 +35,7 @@ __all__ = [
     "VERSION",
     "ChannelPredictor",
     "SegmentInfo",
+    "compile_loops",
     "decode",
     "encode_block",
     "encode_segment",
@@ -159,6 +164,7 @@ def decode(segment: bytes) -> NDArray[np.int32]:
         If the bytes are not a segment of a known version, are truncated, or the
         decoded samples fail the segment's CRC-32.
     """
+    compile_loops()
     info, offset = _parse_header(segment)
     n_channels, n_samples = info.channels, info.samples
     residuals = _decode_residuals(
@@ -189,11 +195,15 @@ def _validated(array: NDArray[np.generic]) -> NDArray[np.int64]:
         raise ValueError(f"at most {MAX_SAMPLES} samples per channel; got {array.shape[1]}")
     if array.size and (int(array.min()) < SAMPLE_MIN or int(array.max()) > SAMPLE_MAX):
         raise ValueError("samples must lie within the signed 32-bit range [-2**31, 2**31 - 1]")
-    return np.ascontiguousarray(array, dtype=np.int64)
+    # A copy when needed for the compiled loops' one signature: C order, writable
+    # (a reader's np.frombuffer view is read-only, a type of its own to numba).
+    block = np.ascontiguousarray(array, dtype=np.int64)
+    return block if block.flags.writeable else block.copy()
 
 
 def _encode(block: NDArray[np.int64], *, one_dimensional: bool,
             like: SegmentInfo | None = None) -> bytes:
+    compile_loops()
     n_channels, n_samples = block.shape
     if like is None:
         predictors = tuple(_fit_channel(block, c) for c in range(n_channels))
@@ -875,3 +885,72 @@ def _decode_residuals(
     if not ok:
         raise ValueError("the segment is corrupt: its payload does not decode")
     return np.asarray(result, dtype=np.int64)
+
+
+# --- compiling the loops ----------------------------------------------------------
+
+_I64 = numba.types.int64
+_I64_1D = numba.types.int64[::1]
+_I64_2D = numba.types.int64[:, ::1]
+_TAPS = (_I64_1D,) * 6  # tap_ptr, tap_src, tap_lag, tap_coef, shifts, warmup
+_SIGNATURES: Final = (
+    (_gram, (numba.types.float64[:, ::1],)),
+    (_channel_residuals, (_I64_2D, _I64, *_TAPS)),
+    (_residuals, (_I64_2D, *_TAPS)),
+    (_reconstruct, (_I64_2D, *_TAPS)),
+    (_rc_encode, (_I64_2D, _I64_1D)),
+    (_rc_decode, (numba.types.uint8[::1], _I64, _I64, _I64_1D)),
+)
+_COMPILER_STACK_BYTES: Final = 256 * 1024 * 1024
+_compile_lock = threading.Lock()
+_compiled = False
+
+
+def compile_loops() -> None:
+    """Compile every loop for the one signature the codec calls it with — or load
+    it from numba's cache — then forbid compiling any other; at once if done.
+
+    numba compiles a function on its first call, on the calling thread, and LLVM
+    recurses deeply while it does. Orthanc's HTTP threads have small stacks: a
+    first upload there overflowed one and killed the whole process. So the work
+    runs on a thread of its own with :data:`_COMPILER_STACK_BYTES` of stack
+    (address space; only what is touched is used), whoever asks first, and every
+    other caller waits for it. Afterwards a call with other argument types raises
+    ``TypeError`` rather than compiling on whatever thread made it.
+
+    About 7 s of CPU on a cold cache, half a second from numba's cache. Atrium
+    asks at start (:meth:`atrium.app.Atrium.start`) so that no request waits.
+
+    Raises
+    ------
+    RuntimeError
+        If compiling failed (the next call tries again).
+    """
+    global _compiled
+    if _compiled:
+        return
+    with _compile_lock:
+        if _compiled:
+            return
+        failures: list[BaseException] = []
+        previous = threading.stack_size(_COMPILER_STACK_BYTES)
+        try:
+            compiler = threading.Thread(target=_compile_all, args=(failures,),
+                                        name="atrium-codec-compile", daemon=True)
+            compiler.start()
+        finally:
+            threading.stack_size(previous)
+        compiler.join()
+        if failures:
+            raise RuntimeError("the signal codec's loops did not compile") from failures[0]
+        _compiled = True
+
+
+def _compile_all(failures: list[BaseException]) -> None:
+    try:
+        for dispatcher, signature in _SIGNATURES:
+            dispatcher.compile(signature)
+        for dispatcher, _ in _SIGNATURES:
+            dispatcher.disable_compile()
+    except BaseException as error:  # noqa: BLE001 - handed to the waiting caller
+        failures.append(error)
