@@ -106,8 +106,21 @@ def refused_only_the_cursor(response: requests.Response) -> bool:
     return bool(errors) and all(e.get("field") == "cursor" for e in errors)
 
 
-def call_and_check(case: Any) -> requests.Response:
-    response = case.call(timeout=30)
+# Methods Orthanc's HTTP server answers on a kept-alive connection. Any other (TRACE,
+# QUERY) it refuses itself with a bare 400 and closes the connection, without
+# reading the request's body; with the body left unread the close can reach the
+# client as a reset before the 400 does (seen once in CI on a TRACE with a body).
+KEPT_ALIVE_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH",
+                                "CONNECT"})
+
+
+def call_and_check(case: Any) -> requests.Response | None:
+    try:
+        response = case.call(timeout=30)
+    except requests.ConnectionError:
+        if case.method.upper() in KEPT_ALIVE_METHODS:
+            raise
+        return None  # refused by Orthanc's HTTP server: Atrium never saw it
     assert response.status_code < 500, (response.status_code, response.text[:500])
     if answered_by_orthanc(response):
         return response
@@ -149,6 +162,7 @@ def test_reads_of_real_resources_conform_to_their_schemas(
         parameters = {name: seeded[collection] if name == "id" else "0" for name in names}
         case = schema[path]["GET"].Case(path_parameters=parameters, headers=bearer)
         response = call_and_check(case)
+        assert response is not None, path
         assert response.status_code in (200, 404), (path, response.text[:300])
         if response.status_code == 200:
             checked.add(path)
