@@ -107,3 +107,20 @@ def test_the_first_recording_after_an_install_compiles_the_codec_off_the_http_th
     assert read.json()["channels"][0]["samples"] == samples
     assert any((tmp_path / "numba-cache").rglob("*.nbi")), "the codec was not compiled"
     assert alive(fresh)
+
+
+def test_a_document_nested_to_the_limit_is_stored_and_read_back(atrium: AtriumUnderTest) -> None:
+    # The body itself, "metadata", then 62 levels: 64, the most a body may nest.
+    # Its whole way runs on the HTTP thread: parsing, the schema, the database's
+    # JSON encoding, the answer's.
+    deepest: Any = "bottom"
+    for _ in range(62):
+        deepest = [deepest]
+    answer = post_json(atrium, {"recording_type": "ECG", "sampling_rate": 1,
+                                "metadata": {"deep": deepest},
+                                "channels": [{"name": "I", "samples": [1, 2, 3]}]})
+    assert answer.status_code == 201, answer.text[:300]
+    read = get(atrium, f"/api/recordings/{answer.json()['id']}")
+    assert read.status_code == 200
+    assert read.json()["metadata"]["deep"] == deepest
+    assert alive(atrium)
