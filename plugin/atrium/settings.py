@@ -118,7 +118,7 @@ class Settings:
     job_stale_seconds: float = 60.0
     # How deep DICOM sequences may nest in a file Atrium lets a parser see
     # (atrium/dicom/scan.py); deeper files are refused at the edge or quarantined.
-    dicom_max_depth: int = 64
+    dicom_max_depth: int = 24
     # The largest body of one file-upload request (a whole file, or one chunk of a
     # resumable upload): Orthanc holds it in memory while it passes.
     upload_max_request_bytes: int = 256 * _MiB
@@ -536,7 +536,7 @@ def load_settings(
             "ATRIUM_JOB_STALE_SECONDS", raw("ATRIUM_JOB_STALE_SECONDS") or "60",
             3 * job_heartbeat, 86400),
         dicom_max_depth=_parse_int(
-            "ATRIUM_DICOM_MAX_DEPTH", raw("ATRIUM_DICOM_MAX_DEPTH") or "64", 1, 1_000_000),
+            "ATRIUM_DICOM_MAX_DEPTH", raw("ATRIUM_DICOM_MAX_DEPTH") or "24", 1, 1_000_000),
         upload_max_request_bytes=_parse_int(
             "ATRIUM_UPLOAD_MAX_REQUEST_BYTES",
             raw("ATRIUM_UPLOAD_MAX_REQUEST_BYTES") or str(256 * _MiB), _MiB, 2048 * _MiB),

@@ -19,14 +19,14 @@ from pydicom.data import get_testdata_file
 
 from atrium.auth.request_filter import is_native_upload
 from atrium.dicom.admission import admit_file
-from atrium.dicom.scan import DicomLimits, UnsafeDicom, scan, scan_stream
+from atrium.dicom.scan import DEFAULT_LIMITS, DicomLimits, UnsafeDicom, scan, scan_stream
 from atrium.errors import RefusedDicom
 from tests.support import hostile
 
 warnings.filterwarnings("ignore", module="pydicom")
 
 REFUSED = {
-    "nested_sequences": "nest deeper than 64",
+    "nested_sequences": f"nest deeper than {DEFAULT_LIMITS.max_depth}",
     "truncated": "past the end of the file",
     "length_beyond_file": "past the end of the file",
     "wrong_vr": "'ZZ'",
@@ -100,9 +100,10 @@ def _nested(depth: int, defined: bool) -> bytes:
 
 @pytest.mark.parametrize("defined", [True, False])
 def test_depth_is_counted_with_either_kind_of_length(defined: bool) -> None:
-    assert scan(_nested(64, defined)).depth == 64
-    with pytest.raises(UnsafeDicom, match="nest deeper than 64"):
-        scan(_nested(65, defined))
+    deepest = DEFAULT_LIMITS.max_depth
+    assert scan(_nested(deepest, defined)).depth == deepest
+    with pytest.raises(UnsafeDicom, match=f"nest deeper than {deepest}"):
+        scan(_nested(deepest + 1, defined))
 
 
 def test_depth_costs_no_stack() -> None:
