@@ -203,7 +203,12 @@ def test_a_file_nested_to_the_limit_passes_every_door_that_parses_on_an_http_thr
     while "0040,a730" in item:  # ContentSequence → its first item → the next one down
         depth, item = depth + 1, item["0040,a730"][0]
     assert depth == deepest
-    atrium.wait_mirrored([sop_uid(blob)])
+    other = nested_sequences(deepest, patient_id=f"NESTED-API-{deepest}")
+    uploaded = requests.post(f"{atrium.url}/api/instances", data=other, timeout=60,
+                             headers={**atrium.auth("clinician"),
+                                      "Content-Type": "application/dicom"})
+    assert uploaded.status_code in (200, 201), uploaded.text[:300]
+    atrium.wait_mirrored([sop_uid(blob), sop_uid(other)])
     assert alive(atrium)
 
 
