@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from atrium.api.jobs import Deidentifier, Work
 from atrium.jobs import Orphan, Runner, interrupted
+from atrium.mirror.extract import orthanc_id
 from atrium.orthanc_api import HttpOrthancApi, OrthancError
 
 SOURCE = "source-study"
@@ -30,6 +31,7 @@ class FakeOrthanc:
         self.studies = {SOURCE: "", **studies}
         self.counts = counts or {}
         self.started: list[str] = []
+        self.bodies: list[Any] = []
         self.deleted: list[str] = []
 
     def get_json(self, path: str) -> Any:
@@ -54,6 +56,7 @@ class FakeOrthanc:
     def post_json(self, path: str, body: Any) -> Any:
         assert path == f"/studies/{SOURCE}/anonymize", path
         self.started.append(path)
+        self.bodies.append(body)
         self.jobs["restarted-job"] = "Success"
         return {"ID": "restarted-job"}
 
@@ -62,32 +65,41 @@ class FakeOrthanc:
 
 
 class FakeConnection:
-    """Every job update touches its row; the copy is mirrored, complete, in place."""
+    """Every job update touches its row; the copy is mirrored, complete, in place;
+    discarded copies stay live in the mirror for ``lingering`` looks."""
 
-    def __init__(self, organization: uuid.UUID) -> None:
+    def __init__(self, organization: uuid.UUID, lingering: int = 0) -> None:
         self.organization = organization
+        self.lingering = lingering
         self.rowcount = 1
         self.finished: list[dict[str, Any]] = []
+        self.results: list[dict[str, Any]] = []  # the job's result as each update wrote it
 
     def execute(self, query: str, params: Any = None) -> FakeConnection:
         self._query = query
         if "status = %(status)s" in query:
             self.finished.append(params)
+        elif query.startswith("UPDATE jobs SET result"):
+            self.results.append(dict(params[0].obj))
         return self
 
     def fetchone(self) -> tuple[Any, ...]:
+        if self._query.startswith("SELECT count(*) FROM studies"):
+            self.lingering = max(0, self.lingering - 1)
+            return (1 if self.lingering else 0,)
         assert "FROM studies s" in self._query, self._query
         return (uuid.uuid4(), self.organization, uuid.uuid4(), True, INSTANCES)
 
 
-def deidentifier(orthanc: FakeOrthanc, conn: FakeConnection) -> Deidentifier:
+def deidentifier(orthanc: FakeOrthanc, conn: FakeConnection,
+                 mirror_seconds: float = 0) -> Deidentifier:
     @contextmanager
     def connect() -> Any:
         yield conn
 
     client = cast(HttpOrthancApi, orthanc)  # the calls the Deidentifier makes, faked
     return Deidentifier(connect, lambda: client, Runner("node-a:8042"), poll_seconds=0,
-                        mirror_seconds=0)
+                        mirror_seconds=mirror_seconds)
 
 
 def resumed_work(organization: uuid.UUID, previous: dict[str, Any]) -> Work:
@@ -181,3 +193,30 @@ def test_the_reason_of_an_unresumable_job_says_when_and_what_to_do() -> None:
     assert interrupted(orphan, "run `atrium reconcile` again.") == (
         "Interrupted by a restart of Atrium at 2026-03-01 04:05:06 UTC; "
         "run `atrium reconcile` again.")
+
+
+def test_a_new_anonymization_names_its_copy_before_orthanc_writes_it() -> None:
+    """The copy's PatientID and StudyInstanceUID are Atrium's, so its Orthanc id is
+    in the job's row before the anonymization starts: a node killed at any moment
+    after leaves no copy that the run resuming the job cannot find."""
+    organization = uuid.uuid4()
+    orthanc = FakeOrthanc({}, {RESTARTED_COPY: SOURCE})
+    conn = FakeConnection(organization)
+    deidentifier(orthanc, conn).run(Work(uuid.uuid4(), organization, SOURCE))
+
+    [body] = orthanc.bodies
+    replaced = body["Replace"]
+    assert body["Force"] is True and replaced["StudyInstanceUID"].startswith("2.25.")
+    named = orthanc_id(replaced["PatientID"], replaced["StudyInstanceUID"])
+    assert conn.results[0] == {"orthanc_study_id": named}  # written before the POST
+
+
+def test_the_job_ends_once_the_discarded_copy_has_left_the_mirror() -> None:
+    organization = uuid.uuid4()
+    orthanc = FakeOrthanc({"old-job": "Running"}, {PARTIAL: SOURCE, NEW_COPY: SOURCE})
+    conn = FakeConnection(organization, lingering=3)
+    deidentifier(orthanc, conn, mirror_seconds=30).run(resumed_work(
+        organization, {"orthanc_job_id": "old-job", "orthanc_study_id": PARTIAL}))
+
+    assert conn.lingering == 0, "the job ended while the mirror still showed the copy"
+    assert conn.finished[0]["status"] == "succeeded"

@@ -20,13 +20,13 @@ it is followed to its end; else — it failed, or another node whose Orthanc nev
 heard of it took the job over — the anonymization starts again from the study
 named in the job's parameters. Orthanc reloads a running job from its last saved
 state, which leaves either a partial first copy beside a new one, or one copy
-with instances done twice under new SOP UIDs. So the job records each copy's
-Orthanc id as soon as Orthanc names it; a followed job's copy is kept only when it
-holds as many instances as the source (else the anonymization starts again), and
-every other copy of an interrupted run is deleted from Orthanc — after checking
-that it is an anonymized copy of the same study — once the job's copy is
-complete. Only a copy whose first instance was written in the half-second
-before the crash escapes this. ``result.resumed`` says the job was resumed,
+with instances done twice under new SOP UIDs. So each anonymization is given its
+copy's PatientID and StudyInstanceUID, and the job records the copy's Orthanc id
+(computed from them) before Orthanc writes anything; a followed job's copy is
+kept only when it holds as many instances as the source (else the anonymization
+starts again), and every other copy of an interrupted run is deleted from
+Orthanc — after checking that it is an anonymized copy of the same study — once
+the job's copy is complete. ``result.resumed`` says the job was resumed,
 ``result.discarded_copies`` what was deleted. A study gone from Orthanc
 meanwhile fails the job with that reason.
 """
@@ -52,6 +52,7 @@ from atrium.api.schema import uuid as uuid_schema
 from atrium.api.scope import Conditions, organization_scope
 from atrium.errors import NotFound, ServiceUnavailable
 from atrium.jobs import Orphan, Runner
+from atrium.mirror.extract import orthanc_id
 from atrium.orthanc_api import HttpOrthancApi, OrthancError
 
 if TYPE_CHECKING:
@@ -157,6 +158,7 @@ VALUES ('deidentify', 'queued', %s, %s, %s, 100, %s, %s, now()) RETURNING id
 """
 _RUNNING = ("UPDATE jobs SET status = 'running', started_at = COALESCE(started_at, now()) "
             "WHERE id = %s AND runner = %s")
+_COPY_NAMED = "UPDATE jobs SET result = %s WHERE id = %s AND runner = %s"
 _PROGRESS = ("UPDATE jobs SET progress_done = %s, result = %s WHERE id = %s AND runner = %s "
              "AND (progress_done, result) IS DISTINCT FROM (%s, %s)")
 _FINISHED = """
@@ -173,6 +175,7 @@ SELECT s.id, s.organization_id, s.patient_id, p.is_deidentified, s.number_of_ins
 FROM studies s JOIN patients p ON p.id = s.patient_id
 WHERE s.orthanc_id = %s AND s.deleted_at IS NULL
 """
+_LIVE_COPIES = "SELECT count(*) FROM studies WHERE orthanc_id = ANY(%s) AND deleted_at IS NULL"
 
 
 class JobFailed(Exception):
@@ -308,7 +311,7 @@ class Deidentifier:
                 - {None})
             copy_id = self._resume_orthanc_job(work, previous.get("orthanc_job_id"), result)
         if copy_id is None:
-            result["orthanc_job_id"] = self._start_anonymization(work)
+            result["orthanc_job_id"] = self._start_anonymization(work, result)
             copy_id = self._copy_named_by(self._follow(work.job_id, result))
         superseded = [c for c in result.pop("superseded_copies", []) if c != copy_id]
         if work.previous is not None:
@@ -318,7 +321,8 @@ class Deidentifier:
         expected = int(orthanc.get_json(f"/studies/{copy_id}/statistics")["CountInstances"])
         result.update(orthanc_study_id=copy_id,
                       study_instance_uid=copy.get("MainDicomTags", {}).get("StudyInstanceUID"))
-        result.update(self._mirrored(work, copy_id, expected))
+        result.update(self._mirrored(work, copy_id, expected,
+                                     result.get("discarded_copies", [])))
         return result
 
     @staticmethod
@@ -365,12 +369,24 @@ class Deidentifier:
             raise
         return int(statistics["CountInstances"])
 
-    def _start_anonymization(self, work: Work) -> str:
+    def _start_anonymization(self, work: Work, result: dict[str, Any]) -> str:
+        """Start Orthanc's anonymization with a PatientID and StudyInstanceUID of our
+        own, so that the copy's Orthanc id is known — and recorded in the job — before
+        Orthanc writes its first instance: a run interrupted at any moment leaves no
+        copy that a resumed run cannot find and discard. (With Orthanc's own UIDs the
+        id came with the job's progress, and a node killed in the half-second before
+        left a partial copy beside the resumed run's.)"""
         if not work.study_orthanc_id:
             raise JobFailed("The study is no longer in Orthanc.")
+        patient_id, study_uid = str(uuid.uuid4()), f"2.25.{uuid.uuid4().int}"
+        result["orthanc_study_id"] = orthanc_id(patient_id, study_uid)
+        with self._connect() as conn:
+            conn.execute(_COPY_NAMED, (Jsonb(result), work.job_id, self.runner.id))
         try:
-            started = self._client().post_json(f"/studies/{work.study_orthanc_id}/anonymize",
-                                               {"Asynchronous": True})
+            started = self._client().post_json(
+                f"/studies/{work.study_orthanc_id}/anonymize",
+                {"Asynchronous": True, "Force": True,  # Force: Orthanc's rule for PatientID
+                 "Replace": {"PatientID": patient_id, "StudyInstanceUID": study_uid}})
         except OrthancError as exc:
             if exc.status == 404:
                 raise JobFailed("The study is no longer in Orthanc.") from None
@@ -441,15 +457,20 @@ class Deidentifier:
                                 f"{self.max_seconds:.0f} s (Orthanc job {orthanc_job}).")
             self._stop.wait(self.poll_seconds)
 
-    def _mirrored(self, work: Work, copy_id: str, expected: int) -> dict[str, Any]:
-        """The copy's rows in the mirror, once all ``expected`` instances are there;
-        a copy filed in another organization fails the job."""
+    def _mirrored(self, work: Work, copy_id: str, expected: int,
+                  discarded: list[str]) -> dict[str, Any]:
+        """The copy's rows in the mirror, once all ``expected`` instances are there and
+        the ``discarded`` copies are gone from it (the mirror applies a deletion a
+        moment after Orthanc's event: a job that said "succeeded" before that showed
+        two copies); a copy filed in another organization fails the job."""
         deadline = time.monotonic() + self.mirror_seconds
         row = None
         while True:
             with self._connect() as conn:
                 row = conn.execute(_MIRRORED_COPY, (copy_id,)).fetchone()
-            if row is not None and row[4] >= expected:
+                lingering = conn.execute(_LIVE_COPIES, (discarded,)).fetchone()[0] \
+                    if discarded else 0
+            if row is not None and row[4] >= expected and not lingering:
                 break
             if time.monotonic() > deadline:
                 break
