@@ -257,17 +257,20 @@ def _unverified_header(token: str) -> Mapping[str, Any]:
         raise Unauthorized("encrypted tokens (JWE) are not accepted; send a signed JWT")
     if not _JWS.fullmatch(token):
         raise Unauthorized("the token is not a JWT (three base64url parts separated by dots)")
+    # Decoded and parsed here, once, so that its depth is measured before json sees it.
     segment = token.split(".", 1)[0]
     try:
-        header_text = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-    except (binascii.Error, ValueError):
+        header_text = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4)).decode()
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
         raise Unauthorized("the token's header is not valid base64url JSON") from None
-    if nests_deeper_than(header_text.decode("utf-8", "replace"), _MAX_HEADER_NESTING):
+    if nests_deeper_than(header_text, _MAX_HEADER_NESTING):
         raise Unauthorized("the token's header is not a flat JSON object")
     try:
-        header = jwt.get_unverified_header(token)
-    except JOSEError:
+        header = json.loads(header_text)
+    except ValueError:
         raise Unauthorized("the token's header is not valid base64url JSON") from None
+    if not isinstance(header, dict):
+        raise Unauthorized("the token's header is not valid base64url JSON")
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in ALGORITHMS:
         raise Unauthorized(f"the token's algorithm is not accepted (only "
