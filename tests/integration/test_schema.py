@@ -498,3 +498,15 @@ def test_maintenance_creates_months_ahead_and_deletes_old_finished_jobs(schema: 
     ).fetchone()[0]
     schema.execute(f"DROP TABLE audit_log_{last_month}")
     assert schema.execute("SELECT atrium_maintain()").fetchone()[0]["partitions_created"] == 1
+
+
+@pytest.mark.parametrize("table", ["studies", "annotations"])
+def test_tables_walked_index_only_are_vacuumed_after_one_percent_changes(
+        schema: Any, table: str) -> None:
+    """sql/0026: a search's or a viewport's walk reads the index alone only on pages
+    the visibility map marks, and autovacuum's default waits for a fifth of the table
+    to change before it marks them again."""
+    options = schema.execute("SELECT reloptions FROM pg_class WHERE oid = %s::regclass",
+                             (table,)).fetchone()[0]
+    assert "autovacuum_vacuum_scale_factor=0.01" in options
+    assert "autovacuum_vacuum_insert_scale_factor=0.01" in options
