@@ -32,6 +32,8 @@ class FakeOrthanc:
         self.counts = counts or {}
         self.started: list[str] = []
         self.bodies: list[Any] = []
+        self.before_post: Any = lambda: None  # what a test records as the POST is sent
+        self.seen_at_post: list[Any] = []
         self.deleted: list[str] = []
 
     def get_json(self, path: str) -> Any:
@@ -57,6 +59,7 @@ class FakeOrthanc:
         assert path == f"/studies/{SOURCE}/anonymize", path
         self.started.append(path)
         self.bodies.append(body)
+        self.seen_at_post.append(self.before_post())
         self.jobs["restarted-job"] = "Success"
         return {"ID": "restarted-job"}
 
@@ -202,13 +205,15 @@ def test_a_new_anonymization_names_its_copy_before_orthanc_writes_it() -> None:
     organization = uuid.uuid4()
     orthanc = FakeOrthanc({}, {RESTARTED_COPY: SOURCE})
     conn = FakeConnection(organization)
+    orthanc.before_post = lambda: list(conn.results)
     deidentifier(orthanc, conn).run(Work(uuid.uuid4(), organization, SOURCE))
 
     [body] = orthanc.bodies
     replaced = body["Replace"]
     assert body["Force"] is True and replaced["StudyInstanceUID"].startswith("2.25.")
     named = orthanc_id(replaced["PatientID"], replaced["StudyInstanceUID"])
-    assert conn.results[0] == {"orthanc_study_id": named}  # written before the POST
+    [written_before_post] = orthanc.seen_at_post
+    assert written_before_post == [{"orthanc_study_id": named}]
 
 
 def test_the_job_ends_once_the_discarded_copy_has_left_the_mirror() -> None:
