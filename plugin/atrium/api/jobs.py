@@ -468,8 +468,7 @@ class Deidentifier:
         while True:
             with self._connect() as conn:
                 row = conn.execute(_MIRRORED_COPY, (copy_id,)).fetchone()
-                lingering = conn.execute(_LIVE_COPIES, (discarded,)).fetchone()[0] \
-                    if discarded else 0
+                lingering = discarded and conn.execute(_LIVE_COPIES, (discarded,)).fetchone()[0]
             if row is not None and row[4] >= expected and not lingering:
                 break
             if time.monotonic() > deadline:
