@@ -9,6 +9,7 @@ import uuid
 from dataclasses import replace
 from decimal import Decimal
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -30,7 +31,8 @@ from atrium.api.http import (
 from atrium.api.pagination import PAGE_PARAMETERS
 from atrium.api.schema import array, boolean, date, integer, number, obj, string
 from atrium.api.schema import uuid as uid
-from atrium.errors import Unauthorized
+from atrium.errors import MethodNotAllowed, NotFound, Unauthorized
+from tests.support.app_routes import app_routes
 
 ID = "123e4567-e89b-12d3-a456-426614174000"
 
@@ -327,3 +329,50 @@ def test_a_too_large_upload_is_told_how_to_send_a_larger_file() -> None:
     assert status == 413 and problem["detail"].endswith("limit of 16 bytes.")
     assert answer(router, Request("POST", "/api/files", headers=headers, body=b"x" * 16)
                   )[0] == 200
+
+
+# ------------------------------------------------- resolving among the app's routes
+
+def _scan_every_route(routes: list[Route], method: str, path: str) -> Any:
+    """What resolving is defined to answer: among all routes matching the path, the
+    most specific one for the method; else 405 with the methods allowed; else 404."""
+    matches = [route for route in routes if route.path.regex.match(path)]
+    if not matches:
+        return 404
+    for_method = [route for route in matches if route.method == method]
+    if not for_method:
+        return 405, sorted({route.method for route in matches})
+    return max(for_method, key=lambda route: route.path.specificity).operation_id
+
+
+def test_resolving_tries_few_routes_yet_answers_as_a_scan_of_all_would(tmp_path: Path) -> None:
+    routes = app_routes(tmp_path)
+    assert len(routes) > 50
+    router = Router(routes)
+    segment = st.sampled_from([ID, "3", "0", "search", "tiles", "", "a b", "%2F", "dzi",
+                               "slides", "api", "x" * 300])
+
+    def resolved(method: str, path: str) -> Any:
+        try:
+            return router.resolve(method, path)[0].operation_id
+        except MethodNotAllowed as error:
+            return 405, list(error.allowed)
+        except NotFound:
+            return 404
+
+    @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(method=st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"]),
+           template=st.sampled_from([route.path.template for route in routes] + ["/", "/api"]),
+           fill=st.lists(segment, min_size=8, max_size=8),
+           cut=st.integers(-2, 2))
+    def same_answer(method: str, template: str, fill: list[str], cut: int) -> None:
+        parts = template.split("/")
+        parts = [fill[i % 8] if part.startswith("{") else part for i, part in enumerate(parts)]
+        if cut > 0:
+            parts += fill[:cut]
+        elif cut < 0:
+            parts = parts[:cut] or [""]
+        path = "/".join(parts) or "/"
+        assert resolved(method, path) == _scan_every_route(routes, method, path), path
+
+    same_answer()

@@ -391,6 +391,14 @@ Guard = Callable[[Route, Request], Request]
 return the request with ``caller`` set. The authentication layer installs one."""
 
 
+def _bucket(template: str, params: Mapping[str, Any]) -> tuple[int, str | None]:
+    """Segments of a route's paths and their second segment when it is literal."""
+    parts = template.split("/")
+    second = parts[2] if len(parts) > 2 else None
+    literal = second is not None and second.strip("{}") not in params
+    return len(parts), second if literal else None
+
+
 class Router:
     """Dispatch table of routes; every error becomes a problem document."""
 
@@ -398,11 +406,17 @@ class Router:
         self._routes = tuple(routes)
         self._guard = guard
         seen: set[tuple[str, str]] = set()
+        # A parameter matches exactly one segment, so only routes with as many
+        # segments as the path, and the same literal second segment ("slides" of
+        # /api/slides/...), can match it: resolving tries those few, not every route.
+        self._buckets: dict[tuple[int, str | None], list[Route]] = {}
         for route in self._routes:
             key = (route.method, route.path.shape)
             if key in seen:
                 raise ValueError(f"Two routes for {route.method} {route.path.template}")
             seen.add(key)
+            self._buckets.setdefault(_bucket(route.path.template, route.path.params),
+                                     []).append(route)
 
     @property
     def routes(self) -> tuple[Route, ...]:
@@ -417,7 +431,13 @@ class Router:
         ------
         NotFound, MethodNotAllowed
         """
-        matches = [(route, match.groupdict()) for route in self._routes
+        segments = path.split("/", 3)
+        count = path.count("/") + 1
+        second = segments[2] if len(segments) > 2 else None
+        candidates = self._buckets.get((count, second), [])
+        if second is not None:
+            candidates = [*candidates, *self._buckets.get((count, None), [])]
+        matches = [(route, match.groupdict()) for route in candidates
                    if (match := route.path.regex.match(path))]
         if not matches:
             raise NotFound(f"No route {path[:200]}")
@@ -429,21 +449,31 @@ class Router:
         return max(for_method, key=lambda m: m[0].path.specificity)
 
     def handle(self, request: Request) -> Response:
+        return self.answer(request)[0]
+
+    def answer(self, request: Request) -> tuple[Response, Route | None, Mapping[str, str]]:
+        """The answer to ``request``, the route that matched it (None when none did,
+        or none for its method) and that route's raw path parameters."""
+        route: Route | None = None
+        raw_params: Mapping[str, str] = {}
         try:
-            return self._dispatch(request)
+            route, raw_params = self.resolve(request.method, request.path)
+            return self._dispatch(request, route, raw_params), route, raw_params
         except ApiError as error:
-            return problem_response(error)
+            return problem_response(error), route, raw_params
         except Exception as error:
             if unreachable(error):
                 log.warning("api.database_unreachable method=%s path=%s error=%s",
                             request.method, request.path, type(error).__name__)
                 return problem_response(ServiceUnavailable(
-                    "The database cannot be reached right now; retry in a few seconds."))
+                    "The database cannot be reached right now; retry in a few seconds."
+                )), route, raw_params
             log.exception("api.unhandled method=%s path=%s", request.method, request.path)
-            return problem_response(ApiError("The server could not complete the request."))
+            return problem_response(ApiError("The server could not complete the request.")), \
+                route, raw_params
 
-    def _dispatch(self, request: Request) -> Response:
-        route, raw_params = self.resolve(request.method, request.path)
+    def _dispatch(self, request: Request, route: Route, raw_params: Mapping[str, str]
+                  ) -> Response:
         request = replace(request, route=route)
         if self._guard is not None:
             began = time.perf_counter()

@@ -23,7 +23,7 @@ from atrium.api.http import REQUEST_TIMINGS, Request, Response, Router, problem_
 from atrium.auth.audit import AuditEvent, record_alone
 from atrium.auth.guard import Caller, current_caller
 from atrium.db import unreachable
-from atrium.errors import ApiError, ServiceUnavailable
+from atrium.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -196,11 +196,7 @@ class AuditedApi:
         """The answer, the route that matched (or None) and whether the answer was
         withheld for want of its audit row."""
         current_caller.set(None)
-        response = self.router.handle(request)
-        try:
-            route, params = self.router.resolve(request.method, request.path)
-        except ApiError:
-            route, params = None, {}
+        response, route, params = self.router.answer(request)
         if route is not None and route.is_public:
             return response, route, False
         began = time.perf_counter()
