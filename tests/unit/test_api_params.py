@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from atrium.api.params import (
@@ -33,6 +35,7 @@ from atrium.api.schema import (
 )
 from atrium.api.schema import uuid as uid
 from atrium.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from tests.support.app_routes import app_routes
 
 # ----------------------------------------------------------------------- patterns
 
@@ -226,3 +229,71 @@ def test_a_missing_or_wrong_body_gives_field_errors() -> None:
     assert [e.message for e in missing] == ["this route needs a JSON body"]
     _, wrong = spec().parse({"content-type": "application/json"}, b'{"name": 1}')
     assert [(e.field, e.message) for e in wrong] == [("name", "must be a string")]
+
+
+# ------------------------------------------- the quick path changes no outcome
+
+_TEXTS = ["", "0", "3", "-1", "1.5", "1e3", "9" * 30, "true", "false", "1", "jpeg", "png",
+          "x" * 300, "a,b", "2024-02-29", "2024-02-30", "2024-05-01T13:45:00Z",
+          "2024-05-01 13:45:00 01:00", "123e4567-e89b-12d3-a456-426614174000",
+          "123E4567-E89B-12D3-A456-426614174000", "123e4567e89b12d3a456426614174000",
+          "\x00", "NaN", " 7", "07"]
+
+
+def _edges(prop: dict[str, Any]) -> list[str]:
+    """Texts on both sides of each limit ``prop`` declares, and its allowed values."""
+    items = prop.get("items", {})
+    texts = [str(value) for value in prop.get("enum", items.get("enum", []))]
+    for name in ("minLength", "maxLength"):
+        if name in prop or name in items:
+            n = prop.get(name, items.get(name))
+            texts += ["x" * max(n - 1, 0), "x" * n, "x" * (n + 1)]
+    for name in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        if name in prop:
+            texts += [str(prop[name] + step) for step in (-1, 0, 1)]
+    for name in ("minItems", "maxItems"):
+        if name in prop:
+            texts += [",".join(["1"] * n) for n in (prop[name] - 1, prop[name], prop[name] + 1)
+                      if n > 0]
+    return texts
+
+
+def _raw_parameters(spec: ParamSpec) -> st.SearchStrategy[dict[str, str]]:
+    names = [*spec.properties, "unknown"]
+    edges = [text for prop in spec.properties.values() for text in _edges(prop)]
+    texts = st.sampled_from(_TEXTS) | st.text(max_size=12) \
+        | st.lists(st.sampled_from(_TEXTS[:8]), min_size=1, max_size=3).map(",".join)
+    if edges:
+        texts = st.sampled_from(edges) | texts
+    return st.dictionaries(st.sampled_from(names), texts, max_size=len(names))
+
+
+def test_the_quick_check_of_parameters_never_changes_what_a_route_answers(
+        tmp_path: Path) -> None:
+    """Every path and query of Atrium's routes, parsed with the quick check and by
+    the schema validator alone, gives the same values or the same errors."""
+    specs = [spec for route in app_routes(tmp_path)
+             for spec in (route.inputs.path, route.inputs.query) if spec.properties]
+    quick = [spec for spec in specs if spec.accepts is not None]
+    assert len(quick) > 0.9 * len(specs), "most routes' parameters should take the quick path"
+    accepted = [0]
+
+    @settings(max_examples=4000, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data(), spec=st.sampled_from(quick))
+    def same_outcome(data: st.DataObject, spec: ParamSpec) -> None:
+        raw = data.draw(_raw_parameters(spec))
+        assert spec.parse(raw) == replace(spec, accepts=None).parse(raw), raw
+        accepted[0] += bool(spec.accepts and spec.accepts(
+            {name: value for name, value in spec.parse(raw)[0].items() if name in raw}))
+
+    same_outcome()
+    assert accepted[0] > 100  # the valid side was explored, not only refusals
+
+
+def test_a_tile_request_takes_the_quick_path(tmp_path: Path) -> None:
+    tile = next(route for route in app_routes(tmp_path)
+                if route.pattern.startswith("/api/slides/{id:uuid}/tiles/"))
+    for spec in (tile.inputs.path, tile.inputs.query):
+        assert spec.accepts is not None
+    assert tile.inputs.path.accepts({"id": "123e4567-e89b-12d3-a456-426614174000",  # type: ignore[misc]
+                                     "level": 3, "col": 10, "row": 0})

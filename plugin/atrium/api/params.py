@@ -30,7 +30,16 @@ from typing import Any
 
 from jsonschema.protocols import Validator
 
-from atrium.api.schema import Schema, compile_schema, field_errors, integer, obj, string
+from atrium.api.schema import (
+    Check,
+    Schema,
+    compile_schema,
+    field_errors,
+    integer,
+    obj,
+    quick_acceptor,
+    string,
+)
 from atrium.api.schema import uuid as uuid_schema
 from atrium.errors import (
     BadRequest,
@@ -199,13 +208,14 @@ class ParamSpec:
     location: Location
     schema: Schema
     validator: Validator
+    accepts: Check | None = None  # passes only what the validator passes, quicker
 
     @classmethod
     def compile(cls, location: Location, schema: Schema | None, what: str) -> ParamSpec:
         """``schema`` None means no parameter is accepted."""
         schema = obj({}) if schema is None else schema
         _check_flat(schema, what)
-        return cls(location, schema, compile_schema(schema, what=what))
+        return cls(location, schema, compile_schema(schema, what=what), quick_acceptor(schema))
 
     @property
     def properties(self) -> dict[str, Schema]:
@@ -219,9 +229,10 @@ class ParamSpec:
             return {}, dirty
         properties = self.properties
         values = {name: _coerce(text, properties.get(name)) for name, text in raw.items()}
-        errors = field_errors(self.validator, values, self.location)
-        if errors:
-            return {}, errors
+        if self.accepts is None or not self.accepts(values):
+            errors = field_errors(self.validator, values, self.location)
+            if errors:
+                return {}, errors
         typed = {name: _decode(value, properties[name]) for name, value in values.items()}
         for name, prop in properties.items():
             if name not in typed and "default" in prop:
