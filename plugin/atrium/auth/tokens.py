@@ -352,8 +352,9 @@ class TokenValidator:
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._last_error: str | None = None  # why the last attempt failed
-        # SHA-256 of a token → (the key that verified it, its claims).
-        self._verified: OrderedDict[bytes, tuple[_TrustedKey, dict[str, Any]]] = OrderedDict()
+        # SHA-256 of a token → (its key id, the key that verified it, its claims).
+        self._verified: OrderedDict[bytes, tuple[str, _TrustedKey, dict[str, Any]]] = \
+            OrderedDict()
 
     def validate(self, credentials: str | None) -> Principal:
         """The caller of a request, from its ``Authorization`` value or a bare token.
@@ -372,22 +373,24 @@ class TokenValidator:
     def claims(self, credentials: str | None) -> dict[str, Any]:
         """The verified claims of a token (see :meth:`validate` for the errors)."""
         token = _bearer_token(credentials)
+        digest = hashlib.sha256(token.encode()).digest()
+        remembered = self._verified.get(digest)
+        # The same bytes passed the header's checks before; only the key's trust and
+        # the time claims can have changed since.
+        if remembered is not None and self._trusted_key(remembered[0]) is remembered[1]:
+            claims = remembered[2]
+            self._check_claims(claims)
+            return dict(claims)
         header = _unverified_header(token)
         trusted = self._trusted_key(header["kid"])
         if trusted.alg != header["alg"]:
             raise Unauthorized(f"the token's algorithm does not match its key ({trusted.alg})")
-        digest = hashlib.sha256(token.encode()).digest()
-        remembered = self._verified.get(digest)
-        if remembered is not None and remembered[0] is trusted:
-            claims = remembered[1]
-        else:
-            claims = self._decode(token, trusted)
+        claims = self._decode(token, trusted)
         self._check_claims(claims)
-        if remembered is None or remembered[0] is not trusted:
-            with self._lock:
-                self._verified[digest] = (trusted, claims)
-                while len(self._verified) > VERIFIED_TOKENS:
-                    self._verified.popitem(last=False)
+        with self._lock:
+            self._verified[digest] = (header["kid"], trusted, claims)
+            while len(self._verified) > VERIFIED_TOKENS:
+                self._verified.popitem(last=False)
         return dict(claims)
 
     def refresh_keys(self) -> int:
