@@ -7,7 +7,8 @@ of ``--chunk-mib``) while Orthanc's resident memory is sampled, and made a slide
 Then, with the token, organization scope and the (coalesced) audit on:
 
 * **random tiles**: the same list of random (level, col, row) over every level,
-  fetched by 4 parallel clients (keep-alive sessions) through
+  fetched by 4 parallel clients (kept-alive connections; a lean client, so that
+  the load generator takes little of the two cores the server runs on) through
   ``/api/slides/{id}/tiles/…``, and read by 4 threads in this process straight
   from the file — (a) with Atrium's reader (``open_tiff_slide``: a ranged read
   and the JPEG tables merged, no decode), the ceiling; (b) the usual way a tile
@@ -29,6 +30,7 @@ import argparse
 import math
 import os
 import platform
+import queue
 import random
 import shutil
 import statistics
@@ -52,6 +54,7 @@ from atrium.slides.source import StoreSource  # noqa: E402
 from atrium.slides.tiff import open_tiff_slide  # noqa: E402
 from atrium.storage import FileObjectStore  # noqa: E402
 from bench.common import (  # noqa: E402
+    KeepAliveClient,
     PeakMemory,
     percentile,
     private_cluster,
@@ -97,18 +100,24 @@ def run_parallel(work: Sequence[Any], fetch: Callable[[Any], None], clients: int
     return len(work) / (time.perf_counter() - began), latencies
 
 
-def api_fetcher(url: str, slide: str, headers: dict[str, str]) -> Callable[[Any], None]:
-    local = threading.local()
+def api_fetcher(url: str, prefix: str, headers: dict[str, str]) -> Callable[[Any], None]:
+    """GET ``prefix/{level}/{col}/{row}`` (or ``..._{row}.jpeg`` for Deep Zoom, when
+    ``prefix`` ends with ``dzi_files``) on kept-alive connections, one per request in
+    flight, kept from one batch to the next as a browser keeps them."""
+    idle: queue.SimpleQueue[KeepAliveClient] = queue.SimpleQueue()
+    deep_zoom = prefix.endswith("dzi_files")
 
     def fetch(item: tuple[int, int, int]) -> None:
-        session = getattr(local, "session", None)
-        if session is None:
-            session = local.session = requests.Session()
-            session.headers.update(headers)
-        answer = session.get(f"{url}/api/slides/{slide}/tiles/{item[0]}/{item[1]}/{item[2]}",
-                             timeout=60)
-        if answer.status_code != 200 or not answer.content:
-            raise SystemExit(f"tile {item}: {answer.status_code} {answer.text[:200]}")
+        try:
+            client = idle.get_nowait()
+        except queue.Empty:
+            client = KeepAliveClient(url, headers)
+        path = (f"{prefix}/{item[0]}/{item[1]}_{item[2]}.jpeg" if deep_zoom
+                else f"{prefix}/{item[0]}/{item[1]}/{item[2]}")
+        status, body = client.get(path)
+        idle.put(client)
+        if status != 200 or not body:
+            raise SystemExit(f"{path}: {status} {body[:200]!r}")
 
     return fetch
 
@@ -117,17 +126,17 @@ def library_fetcher(path: Path) -> Callable[[Any], None]:
     """The reader library as a tile server usually calls it: decode, encode."""
     tif = tifffile.TiffFile(path)
     pages = [page for page in tif.pages if page.is_tiled]  # type: ignore[union-attr]
-    handle = tif.filehandle
-    lock = threading.Lock()
+    # Read before the threads start: tifffile loads long tag values on first use,
+    # through the file handle, which would race with the tiles' reads.
+    offsets = [(page.dataoffsets, page.databytecounts) for page in pages]
+    descriptor = os.open(path, os.O_RDONLY)
 
     def fetch(item: tuple[int, int, int]) -> None:
         level, col, row = item
         page = pages[level]
         columns = math.ceil(page.imagewidth / page.tilewidth)
         index = row * columns + col
-        with lock:  # one file handle: reads are serialized, decoding is not
-            handle.seek(page.dataoffsets[index])
-            data = handle.read(page.databytecounts[index])
+        data = os.pread(descriptor, offsets[level][1][index], offsets[level][0][index])
         pixels = page.decode(data, index, jpegtables=page.jpegtables)[0]
         imagecodecs.jpeg8_encode(pixels.reshape(pixels.shape[-3:]), level=90)
 
@@ -211,7 +220,7 @@ def main() -> int:
         api_latency: list[float] = []
         for n in range(args.rounds):
             work = random_tiles(levels, tile, args.tiles, seed=n)
-            runs = [("api", api_fetcher(url, slide["id"], headers)),
+            runs = [("api", api_fetcher(url, f"/api/slides/{slide['id']}/tiles", headers)),
                     ("atrium reader", atrium_reader_fetcher(path)),
                     ("tifffile decode+encode", library_fetcher(path))]
             if n % 2:
@@ -242,15 +251,7 @@ def main() -> int:
         trace = viewer_trace(args.size, args.size, tile)
         dzi_latency: list[float] = []
         view_times: list[float] = []
-        session_headers = dict(headers)
-
-        def dzi(item: tuple[int, int, int]) -> None:
-            answer = requests.get(f"{url}/api/slides/{slide['id']}/dzi_files/{item[0]}/"
-                                  f"{item[1]}_{item[2]}.jpeg", headers=session_headers,
-                                  timeout=60)
-            if answer.status_code != 200:
-                raise SystemExit(f"dzi {item}: {answer.status_code} {answer.text[:200]}")
-
+        dzi = api_fetcher(url, f"/api/slides/{slide['id']}/dzi_files", headers)
         for view in trace:
             began = time.perf_counter()
             _, latencies = run_parallel(view, dzi, BROWSER_CONNECTIONS)
