@@ -4,6 +4,7 @@ write failed."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import uuid
@@ -61,13 +62,13 @@ def test_one_row_per_window_and_a_new_one_after_it() -> None:
     db, clock = FakeDatabase(), Clock()
     audit = CoalescedAudit(db.connect, seconds=300, clock=clock)
     for _ in range(50):
-        assert audit.answer(("alice", SLIDE), event(), OK) is OK
+        assert audit.answer(("alice", SLIDE), event, OK) is OK
     assert len(db.rows) == 1
     clock.now += 299
-    audit.answer(("alice", SLIDE), event(), OK)
+    audit.answer(("alice", SLIDE), event, OK)
     assert len(db.rows) == 1
     clock.now += 2
-    audit.answer(("alice", SLIDE), event(), OK)
+    audit.answer(("alice", SLIDE), event, OK)
     assert len(db.rows) == 2
 
 
@@ -77,13 +78,13 @@ def test_callers_and_resources_have_their_own_windows() -> None:
     other = uuid.uuid4()
     for key, resource in [(("alice", SLIDE), SLIDE), (("bob", SLIDE), SLIDE),
                           (("alice", other), other), (("alice", SLIDE), SLIDE)]:
-        audit.answer(key, event(resource=resource), OK)
+        audit.answer(key, functools.partial(event, resource=resource), OK)
     assert len(db.rows) == 3
 
 
 def test_the_row_says_it_stands_for_a_window() -> None:
     db = FakeDatabase()
-    CoalescedAudit(db.connect, seconds=300, clock=Clock()).answer(("a",), event(), OK)
+    CoalescedAudit(db.connect, seconds=300, clock=Clock()).answer(("a",), event, OK)
     details = db.rows[0][8].obj  # the Jsonb of the details column
     assert details == {"status": 200, "coalesced_seconds": 300}
 
@@ -92,9 +93,9 @@ def test_a_failed_write_withholds_phi_and_does_not_open_the_window() -> None:
     db = FakeDatabase()
     audit = CoalescedAudit(db.connect, clock=Clock())
     db.fail = True
-    assert audit.answer(("alice",), event(), OK).status == 503
+    assert audit.answer(("alice",), event, OK).status == 503
     db.fail = False
-    assert audit.answer(("alice",), event(), OK) is OK
+    assert audit.answer(("alice",), event, OK) is OK
     assert len(db.rows) == 1  # the second request wrote the window's row itself
 
 
@@ -105,7 +106,7 @@ def test_concurrent_first_answers_wait_for_the_windows_row() -> None:
     answered_before_row: list[bool] = []
 
     def read() -> None:
-        audit.answer(("alice",), event(), OK)
+        audit.answer(("alice",), event, OK)
         answered_before_row.append(len(db.rows) == 0)
 
     threads = [threading.Thread(target=read) for _ in range(8)]
@@ -115,3 +116,16 @@ def test_concurrent_first_answers_wait_for_the_windows_row() -> None:
         thread.join()
     assert len(db.rows) == 1
     assert answered_before_row == [False] * 8
+
+
+def test_answers_within_a_window_build_no_row() -> None:
+    built: list[AuditEvent] = []
+
+    def counted() -> AuditEvent:
+        built.append(event())
+        return built[-1]
+
+    audit = CoalescedAudit(FakeDatabase().connect, clock=Clock())
+    for _ in range(50):
+        audit.answer(("alice", SLIDE), counted, OK)
+    assert len(built) == 1

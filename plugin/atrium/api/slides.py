@@ -17,6 +17,7 @@ one row per caller and slide per window (:class:`atrium.auth.request_audit.Coale
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
@@ -163,6 +164,13 @@ class _Visible:
     deidentified: bool
     version: str  # changes when the slide's row does
 
+    @functools.cached_property
+    def etag_base(self) -> str:
+        """What every image validator of this slide starts with: a digest of the
+        slide, its version and the encoder's, taken once per lookup, not per tile."""
+        return hashlib.blake2b(repr((self.ref.id, self.version, _ENCODING_VERSION)).encode(),
+                               digest_size=12).hexdigest()
+
 
 def _slide(row: tuple[Any, ...]) -> tuple[dict[str, Any], bool]:
     return dict(zip(_COLUMNS, row[:-1], strict=True)), bool(row[-1])
@@ -201,9 +209,9 @@ def _form_fields(parts: list[FormPart]) -> tuple[dict[str, Any], FormPart]:
 
 
 def _etag(slide: _Visible, *key: Any) -> str:
-    digest = hashlib.blake2b(repr((slide.ref.id, slide.version, _ENCODING_VERSION, *key))
-                             .encode(), digest_size=12).hexdigest()
-    return f'"{digest}"'
+    # The key is hashed too: it may hold a name from the URL (an associated image).
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).hexdigest()
+    return f'"{slide.etag_base}-{digest}"'
 
 
 def routes(app: Atrium) -> list[Route]:

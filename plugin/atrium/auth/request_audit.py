@@ -143,12 +143,16 @@ class CoalescedAudit:
             window = self._windows[key] = _Window(now)
             return window, True
 
-    def answer(self, key: tuple[Any, ...], event: AuditEvent, response: Response) -> Response:
+    def answer(self, key: tuple[Any, ...], make_event: Callable[[], AuditEvent],
+               response: Response) -> Response:
+        """``response`` once its window's row is committed; ``make_event`` is called
+        only when a row is to be written (most answers of a window write none)."""
         window, opener = self._open_or_join(key)
         if not opener:
             if window.done.wait(timeout=30) and window.written:
                 return response
-            return recorded_or_withheld(self._connect, event, response)
+            return recorded_or_withheld(self._connect, make_event(), response)
+        event = make_event()
         written = _written(self._connect, replace(event, details={
             **event.details, "coalesced_seconds": self._seconds}))
         window.written = written
@@ -211,17 +215,21 @@ class AuditedApi:
     def _recorded(self, request: Request, response: Response, route: Any,
                   params: Mapping[str, Any]) -> Response:
         note = response.audit
-        event = audit_event(
-            action=f"{request.method} {route.path.template if route else request.path[:80]}",
-            caller=current_caller.get(), status=response.status, client_ip=request.client_ip,
-            headers=request.headers,
-            resource_type=(note.resource_type if note and note.resource_type
-                           else route.tags[0] if route and route.tags else None),
-            resource_id=note.resource_id if note and note.resource_id else params.get("id"),
-            phi=bool(note and note.phi),
-            write=request.method in WRITE_METHODS)
         caller = current_caller.get()
+        resource_type = (note.resource_type if note and note.resource_type
+                         else route.tags[0] if route and route.tags else None)
+        resource_id = note.resource_id if note and note.resource_id else params.get("id")
+
+        def event() -> AuditEvent:
+            return audit_event(
+                action=f"{request.method} {route.path.template if route else request.path[:80]}",
+                caller=caller, status=response.status, client_ip=request.client_ip,
+                headers=request.headers, resource_type=resource_type, resource_id=resource_id,
+                phi=bool(note and note.phi), write=request.method in WRITE_METHODS)
+
         if route is not None and route.coalesce_audit and response.status < 400 and caller:
-            return self.coalesced.answer((caller.user_id, caller.principal.keycloak_id,
-                                          event.resource_type, event.resource_id), event, response)
-        return recorded_or_withheld(self._connect, event, response)
+            key = (caller.user_id, caller.principal.keycloak_id,
+                   resource_type[:100] if resource_type else None,
+                   _uuid(resource_id) if resource_id is not None else None)
+            return self.coalesced.answer(key, event, response)
+        return recorded_or_withheld(self._connect, event(), response)

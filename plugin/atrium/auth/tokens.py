@@ -352,9 +352,7 @@ class TokenValidator:
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._last_error: str | None = None  # why the last attempt failed
-        # SHA-256 of a token → (its key id, the key that verified it, its claims).
-        self._verified: OrderedDict[bytes, tuple[str, _TrustedKey, dict[str, Any]]] = \
-            OrderedDict()
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()  # by SHA-256
 
     def validate(self, credentials: str | None) -> Principal:
         """The caller of a request, from its ``Authorization`` value or a bare token.
@@ -368,30 +366,37 @@ class TokenValidator:
         Forbidden
             The token is valid but names several organizations.
         """
-        return principal_from_claims(self.claims(credentials), self.audience, self.org_claim)
+        entry = self._verified_token(credentials)
+        if entry.principal is None:
+            # Set once; a race sets an equal value twice.
+            entry.principal = principal_from_claims(entry.claims, self.audience, self.org_claim)
+        return entry.principal
 
     def claims(self, credentials: str | None) -> dict[str, Any]:
         """The verified claims of a token (see :meth:`validate` for the errors)."""
+        return dict(self._verified_token(credentials).claims)
+
+    def _verified_token(self, credentials: str | None) -> _Verified:
         token = _bearer_token(credentials)
         digest = hashlib.sha256(token.encode()).digest()
         remembered = self._verified.get(digest)
-        # The same bytes passed the header's checks before; only the key's trust and
-        # the time claims can have changed since.
-        if remembered is not None and self._trusted_key(remembered[0]) is remembered[1]:
-            claims = remembered[2]
-            self._check_claims(claims)
-            return dict(claims)
+        # The same bytes passed every check before; only the key's trust and the
+        # time can have changed since.
+        if remembered is not None and self._trusted_key(remembered.kid) is remembered.key:
+            self._check_times(remembered.claims)
+            return remembered
         header = _unverified_header(token)
         trusted = self._trusted_key(header["kid"])
         if trusted.alg != header["alg"]:
             raise Unauthorized(f"the token's algorithm does not match its key ({trusted.alg})")
         claims = self._decode(token, trusted)
         self._check_claims(claims)
+        entry = _Verified(header["kid"], trusted, claims)
         with self._lock:
-            self._verified[digest] = (header["kid"], trusted, claims)
+            self._verified[digest] = entry
             while len(self._verified) > VERIFIED_TOKENS:
                 self._verified.popitem(last=False)
-        return dict(claims)
+        return entry
 
     def refresh_keys(self) -> int:
         """Fetch the JWKS now (e.g. at start-up, to log a misconfiguration early);
@@ -464,6 +469,21 @@ class TokenValidator:
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         """The rules again, explicitly and with the injected clock, so that no default
         of python-jose (which accepts a token without ``aud`` or ``exp``) decides."""
+        self._check_times(claims)
+        if claims.get("iss") != self.issuer:
+            raise Unauthorized(f"the token was not issued by {self.issuer}")
+        if not _has_audience(claims, self.audience):
+            raise Unauthorized(f"the token is not meant for {self.audience!r} "
+                               "(neither aud nor azp names it)")
+        subject = claims.get("sub")
+        if not isinstance(subject, str) or not subject.strip():
+            raise Unauthorized("the token's sub claim is missing or empty")
+        kind = claims.get("typ")
+        if isinstance(kind, str) and kind.lower() in _NOT_ACCESS_TOKENS:
+            raise Unauthorized(f"the token is of type {kind!r}, not an access token")
+
+
+    def _check_times(self, claims: Mapping[str, Any]) -> None:
         now = self._clock()
         exp = _number(claims, "exp")
         if exp is None:
@@ -476,17 +496,17 @@ class TokenValidator:
         iat = _number(claims, "iat")
         if iat is not None and iat > now + LEEWAY_SECONDS:
             raise Unauthorized("the token was issued in the future (iat)")
-        if claims.get("iss") != self.issuer:
-            raise Unauthorized(f"the token was not issued by {self.issuer}")
-        if not _has_audience(claims, self.audience):
-            raise Unauthorized(f"the token is not meant for {self.audience!r} "
-                               "(neither aud nor azp names it)")
-        subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject.strip():
-            raise Unauthorized("the token's sub claim is missing or empty")
-        kind = claims.get("typ")
-        if isinstance(kind, str) and kind.lower() in _NOT_ACCESS_TOKENS:
-            raise Unauthorized(f"the token is of type {kind!r}, not an access token")
+
+
+@dataclass
+class _Verified:
+    """A token whose signature and claims were checked: its key id, the key that
+    verified it, its claims and (once asked) the caller they describe."""
+
+    kid: str
+    key: _TrustedKey
+    claims: dict[str, Any]
+    principal: Principal | None = None
 
 
 def validator_for(settings: Settings, fetch: FetchJson | None = None) -> TokenValidator:
