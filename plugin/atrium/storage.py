@@ -117,6 +117,17 @@ Part = tuple[str, int, int]
 """A piece of an object for :meth:`ObjectStore.compose`: (source name, offset, length)."""
 
 
+class RangeReader(Protocol):
+    """Ranges of one object (:meth:`ObjectStore.open_ranges`); safe to share
+    between threads."""
+
+    def read(self, offset: int, length: int) -> bytes:
+        """At most ``length`` bytes from ``offset``: fewer at the end, none past it."""
+
+    def close(self) -> None:
+        """Release what the reader holds."""
+
+
 @runtime_checkable
 class ObjectStore(Protocol):
     """Named blobs. Every method validates ``name`` first (:class:`InvalidObjectName`)."""
@@ -152,6 +163,11 @@ class ObjectStore(Protocol):
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         """At most ``length`` bytes from ``offset``: fewer at the end, none past it."""
+
+    def open_ranges(self, name: str) -> RangeReader:
+        """A reader of the object's ranges for many reads (a slide's tiles): the file
+        store opens the file once, and each read is then one system call; object
+        storage sends each read as a ranged GET. :class:`ObjectNotFound` when absent."""
 
     def delete(self, name: str) -> None:
         """Remove the object; deleting an absent object is not an error."""
@@ -202,6 +218,45 @@ def _as_stream(data: Data, length: int | None) -> tuple[ReadableStream, int | No
             raise ValueError(f"length is {length} but the data has {len(data)} bytes")
         return io.BytesIO(data), len(data)
     return data, length
+
+
+class _FileRanges:
+    """An open object file read with ``pread``: no path checks, opening or seeking
+    per read, and a single release of the GIL, which other HTTP threads wait for."""
+
+    def __init__(self, stream: BinaryIO, name: str) -> None:
+        self._stream, self._name = stream, name
+        self._fd = stream.fileno()
+
+    def read(self, offset: int, length: int) -> bytes:
+        _check_range(offset, length)
+        try:
+            data = os.pread(self._fd, length, offset)
+            while len(data) < length:  # a short read is allowed; the end gives b""
+                more = os.pread(self._fd, length - len(data), offset + len(data))
+                if not more:
+                    break
+                data += more
+        except OSError as exc:
+            raise StorageError(f"cannot read object {self._name!r}: "
+                               f"{exc.strerror or exc}") from exc
+        return data
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _EachRange:
+    """Ranges of an object that has no handle to keep: one ranged read each."""
+
+    def __init__(self, store: ObjectStore, name: str) -> None:
+        self._store, self._name = store, name
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._store.get_range(self._name, offset, length)
+
+    def close(self) -> None:
+        pass
 
 
 def _check_range(offset: int, length: int) -> None:
@@ -318,6 +373,9 @@ class FileObjectStore:
     def get(self, name: str) -> Iterator[ReadableStream]:
         with self._open(name) as stream:
             yield stream
+
+    def open_ranges(self, name: str) -> RangeReader:
+        return _FileRanges(self._open(name), name)
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         _check_range(offset, length)
@@ -555,6 +613,9 @@ class S3ObjectStore:
             # close() drops a half-read connection rather than returning it to the pool.
             response.close()
             response.release_conn()
+
+    def open_ranges(self, name: str) -> RangeReader:
+        return _EachRange(self, name)
 
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         _check_range(offset, length)

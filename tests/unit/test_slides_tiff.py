@@ -8,6 +8,7 @@ import io
 import struct
 from collections.abc import Hashable
 from pathlib import Path
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -334,6 +335,9 @@ class CountingSource:
         self.reads += 1
         return self.inner.read(offset, length)
 
+    def close(self) -> None:
+        self.inner.close()
+
 
 @pytest.fixture(scope="module")
 def big_slide(tmp_path_factory: pytest.TempPathFactory) -> tuple[FileObjectStore, str, int]:
@@ -356,6 +360,25 @@ def test_opening_a_large_slide_and_reading_a_tile_reads_a_small_fraction(
     # One 64 KiB block per level's IFD (and its tile offsets), one read for the tile.
     assert source.bytes_read < size / 50 and source.reads <= 2 * 7 + 1, \
         (source.bytes_read, source.reads)
+
+
+def test_a_stored_slide_is_opened_once_for_all_its_tiles_and_closed_with_its_reader(
+        big_slide: tuple[FileObjectStore, str, int], monkeypatch: pytest.MonkeyPatch) -> None:
+    store, name, size = big_slide
+    opened: list[Any] = []
+    real_open = FileObjectStore._open
+
+    def counting_open(self: FileObjectStore, object_name: str) -> Any:
+        opened.append(real_open(self, object_name))
+        return opened[-1]
+
+    monkeypatch.setattr(FileObjectStore, "_open", counting_open)
+    reader = open_tiff_slide(StoreSource(store, name, size))
+    tiles = [reader.tile(level, 0, 0, "jpeg") for level in range(len(reader.info.levels))]
+    assert all(tile.startswith(b"\xff\xd8") for tile in tiles)
+    assert len(opened) == 1 and not opened[0].closed
+    reader.close()
+    assert opened[0].closed
 
 
 # --- Hostile files ---------------------------------------------------------------------

@@ -284,6 +284,22 @@ class ObjectStoreContract:
         store.put("digits", b"0123456789")
         assert store.get_range("digits", offset, length) == expected
 
+    def test_a_range_reader_reads_what_get_range_reads(self, store: ObjectStore) -> None:
+        store.put("digits", b"0123456789")
+        ranges = store.open_ranges("digits")
+        try:
+            for offset, length in [(0, 3), (4, 2), (7, 3), (7, 100), (10, 5), (1000, 5), (3, 0),
+                                   (0, 10)]:
+                assert ranges.read(offset, length) == store.get_range("digits", offset, length)
+            with pytest.raises(ValueError, match=">= 0"):
+                ranges.read(-1, 3)
+        finally:
+            ranges.close()
+
+    def test_a_range_reader_of_a_missing_object_finds_none(self, store: ObjectStore) -> None:
+        with pytest.raises(ObjectNotFound):
+            store.open_ranges("absent").read(0, 1)
+
     @pytest.mark.parametrize(("offset", "length"), [(-1, 3), (0, -1)])
     def test_negative_range_is_refused(self, store: ObjectStore, offset: int, length: int) -> None:
         store.put("digits", b"0123456789")

@@ -217,6 +217,9 @@ class _Blocks:
             raise truncated()
         return data
 
+    def close(self) -> None:
+        """The source is the reader's to close, not the parse's."""
+
 
 def _directories(source: ByteSource) -> list[_Directory]:
     (offset,) = struct.unpack("<Q", source.read(4, 8))
@@ -391,6 +394,9 @@ class NdpiSource(TiledSource):
         self._layouts = layouts
         self.stored_levels = tuple(layout.level for layout in layouts[:levels])
         self._macro = levels if macro else None
+
+    def close(self) -> None:
+        self.source.close()
 
     def stored_tile(self, level: int, col: int, row: int) -> bytes:
         layout = self._layouts[level]

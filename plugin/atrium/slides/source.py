@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections import OrderedDict
 from typing import Protocol
 
 from atrium.errors import BadRequest, NotFound, ServiceUnavailable
-from atrium.storage import ObjectNotFound, ObjectStore, StorageError
+from atrium.storage import ObjectNotFound, ObjectStore, RangeReader, StorageError
 
 __all__ = ["BLOCK_SIZE", "MAX_READ", "ByteSource", "MemorySource", "SourceFile", "StoreSource"]
 
@@ -55,6 +56,9 @@ class ByteSource(Protocol):
             If the range reaches past the end of the file (the file is truncated).
         """
 
+    def close(self) -> None:
+        """Release what the source holds (an open file); a later read opens again."""
+
 
 class MemorySource:
     """A file held in memory (tests, small uploads being checked)."""
@@ -71,6 +75,9 @@ class MemorySource:
             raise truncated()
         return self._data[offset:offset + length]
 
+    def close(self) -> None:
+        pass
+
 
 class StoreSource:
     """The object ``name`` of an :class:`~atrium.storage.ObjectStore`, ``size``
@@ -85,10 +92,21 @@ class StoreSource:
         if size < 0:
             raise ValueError(f"size must be >= 0, got {size}")
         self.store, self.name, self._size = store, name, size
+        self._ranges: RangeReader | None = None
+        self._lock = threading.Lock()
 
     @property
     def size(self) -> int:
         return self._size
+
+    def _reader(self) -> RangeReader:
+        ranges = self._ranges
+        if ranges is None:
+            with self._lock:
+                if self._ranges is None:
+                    self._ranges = self.store.open_ranges(self.name)
+                ranges = self._ranges
+        return ranges
 
     def read(self, offset: int, length: int) -> bytes:
         if offset < 0 or length < 0 or offset + length > self._size:
@@ -96,7 +114,7 @@ class StoreSource:
         if length == 0:
             return b""
         try:
-            data = self.store.get_range(self.name, offset, length)
+            data = self._reader().read(offset, length)
         except ObjectNotFound as exc:
             raise NotFound("the slide's file is missing from storage") from exc
         except StorageError as exc:
@@ -105,6 +123,12 @@ class StoreSource:
             # The object is shorter than the size recorded for it.
             raise truncated()
         return data
+
+    def close(self) -> None:
+        with self._lock:
+            ranges, self._ranges = self._ranges, None
+        if ranges is not None:
+            ranges.close()
 
 
 class SourceFile(io.RawIOBase):

@@ -124,6 +124,9 @@ class TiffSource(TiledSource):
         self.stored_levels = tuple(layout.level for layout in self._layouts[:levels])
         self._associated = associated
 
+    def close(self) -> None:
+        self.source.close()
+
     def stored_tile(self, level: int, col: int, row: int) -> bytes | None:
         layout = self._layouts[level]
         index = row * layout.level.grid[0] + col
