@@ -377,11 +377,11 @@ class Route:
         return self.inputs.body.takes_body
 
     def bind(self, request: Request, raw_params: Mapping[str, str]) -> Request:
-        """``request`` with its typed ``params``, ``args`` and ``json``; raises the
+        """``request`` with this route and its typed ``params``, ``args`` and ``json``; raises the
         413, 415 or 400 problem of :meth:`atrium.api.params.Inputs.read`."""
         params, args, json_body = self.inputs.read(raw_params, request.query,
                                                    request.headers, request.body)
-        return replace(request, params=params, args=args, json=json_body)
+        return replace(request, route=self, params=params, args=args, json=json_body)
 
 
 # ------------------------------------------------------------------------ router
@@ -474,7 +474,6 @@ class Router:
 
     def _dispatch(self, request: Request, route: Route, raw_params: Mapping[str, str]
                   ) -> Response:
-        request = replace(request, route=route)
         if self._guard is not None:
             began = time.perf_counter()
             try:

@@ -20,6 +20,7 @@ strings) may not contain NUL or unpaired surrogates, which PostgreSQL cannot sto
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import re
@@ -155,19 +156,22 @@ def _scalar_type(schema: Schema) -> str | None:
     return kind if isinstance(kind, str) else None
 
 
-def _coerce(text: str, schema: Schema | None) -> Any:
-    """``text`` as the type ``schema`` declares, or unchanged when it does not fit."""
-    if schema is None:
-        return text
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _coercer(schema: Schema) -> Callable[[str], Any]:
+    """What turns a parameter's text into the type ``schema`` declares, leaving it
+    unchanged when it does not fit."""
     kind = _scalar_type(schema)
     if kind == "array":
-        items = schema.get("items") if isinstance(schema.get("items"), dict) else None
-        return [_coerce(part, items) for part in text.split(",")] if text else []
+        items = schema.get("items")
+        item = _coercer(items) if isinstance(items, dict) else _identity
+        return lambda text: [item(part) for part in text.split(",")] if text else []
     if kind == "string" and schema.get("format") == "date-time":
         # An unencoded '+' of a zone offset arrives as a space after URL decoding.
-        return _SPACED_OFFSET.sub(r"+\1", text)
-    coerce = _COERCE.get(kind or "")
-    return coerce(text) if coerce else text
+        return lambda text: _SPACED_OFFSET.sub(r"+\1", text)
+    return _COERCE.get(kind or "", _identity)
 
 
 _DECODE: dict[str, Callable[[str], Any]] = {
@@ -177,13 +181,17 @@ _DECODE: dict[str, Callable[[str], Any]] = {
 }
 
 
-def _decode(value: Any, schema: Schema) -> Any:
-    """A validated value with a known format as its Python object."""
-    if isinstance(value, list):
+def _decoder(schema: Schema) -> Callable[[Any], Any]:
+    """What turns a validated value with a known format into its Python object."""
+    if _scalar_type(schema) == "array":
         items = schema.get("items")
-        return [_decode(item, items if isinstance(items, dict) else {}) for item in value]
+        item = _decoder(items if isinstance(items, dict) else {})
+        return lambda value: [item(part) for part in value] if isinstance(value, list) \
+            else value
     decode = _DECODE.get(str(schema.get("format")))
-    return decode(value) if decode and isinstance(value, str) else value
+    if decode is None:
+        return _identity
+    return lambda value: decode(value) if isinstance(value, str) else value
 
 
 def _check_flat(schema: Schema, what: str) -> None:
@@ -221,22 +229,35 @@ class ParamSpec:
     def properties(self) -> dict[str, Schema]:
         return dict(self.schema["properties"])
 
+    @functools.cached_property
+    def _converters(self) -> dict[str, tuple[Callable[[str], Any], Callable[[Any], Any]]]:
+        """Per parameter, its coercion and its decoding, worked out once."""
+        return {name: (_coercer(prop), _decoder(prop))
+                for name, prop in self.schema["properties"].items()}
+
+    @functools.cached_property
+    def _defaults(self) -> tuple[tuple[str, Any], ...]:
+        return tuple((name, prop["default"]) for name, prop in self.schema["properties"].items()
+                     if "default" in prop)
+
     def parse(self, raw: Mapping[str, str]) -> tuple[dict[str, Any], list[FieldError]]:
         """Typed values, or the errors that prevent them."""
         dirty = [FieldError(self.location, name[:64], _BAD_TEXT_MESSAGE)
                  for name, text in raw.items() if _BAD_TEXT.search(name + text)]
         if dirty:
             return {}, dirty
-        properties = self.properties
-        values = {name: _coerce(text, properties.get(name)) for name, text in raw.items()}
+        converters = self._converters
+        values = {name: converters[name][0](text) if name in converters else text
+                  for name, text in raw.items()}
         if self.accepts is None or not self.accepts(values):
             errors = field_errors(self.validator, values, self.location)
             if errors:
                 return {}, errors
-        typed = {name: _decode(value, properties[name]) for name, value in values.items()}
-        for name, prop in properties.items():
-            if name not in typed and "default" in prop:
-                typed[name] = prop["default"]
+        typed = {name: converters[name][1](value) if name in converters else value
+                 for name, value in values.items()}
+        for name, default in self._defaults:
+            if name not in typed:
+                typed[name] = default
         return typed, []
 
 

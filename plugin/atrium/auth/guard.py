@@ -87,7 +87,10 @@ class Identities:
         with self._lock:
             known = self._known.get(key)
         if known is not None and now - known[1] < self._refresh_seconds:
-            return replace(known[0], principal=principal)
+            # The validator hands out one principal per token: most calls are its own.
+            caller = known[0]
+            return caller if caller.principal is principal else replace(caller,
+                                                                        principal=principal)
         caller = self._write(principal)
         with self._lock:
             if len(self._known) > 10_000:
