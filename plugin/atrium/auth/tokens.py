@@ -291,6 +291,14 @@ def _number(claims: Mapping[str, Any], name: str) -> float | None:
     return float(value)
 
 
+def _times(claims: Mapping[str, Any]) -> tuple[float, float | None, float | None]:
+    """The token's ``exp``, ``nbf`` and ``iat``; ``exp`` is required."""
+    exp = _number(claims, "exp")
+    if exp is None:
+        raise Unauthorized("the token lacks the required claim exp")
+    return exp, _number(claims, "nbf"), _number(claims, "iat")
+
+
 def _has_audience(claims: Mapping[str, Any], audience: str) -> bool:
     """``aud`` contains ``audience``, or else ``azp`` equals it (Keycloak access
     tokens often carry ``aud: account`` and name the client in ``azp``)."""
@@ -383,7 +391,7 @@ class TokenValidator:
         # The same bytes passed every check before; only the key's trust and the
         # time can have changed since.
         if remembered is not None and self._trusted_key(remembered.kid) is remembered.key:
-            self._check_times(remembered.claims)
+            self._check_times(*remembered.times)
             return remembered
         header = _unverified_header(token)
         trusted = self._trusted_key(header["kid"])
@@ -391,7 +399,7 @@ class TokenValidator:
             raise Unauthorized(f"the token's algorithm does not match its key ({trusted.alg})")
         claims = self._decode(token, trusted)
         self._check_claims(claims)
-        entry = _Verified(header["kid"], trusted, claims)
+        entry = _Verified(header["kid"], trusted, claims, _times(claims))
         with self._lock:
             self._verified[digest] = entry
             while len(self._verified) > VERIFIED_TOKENS:
@@ -469,7 +477,7 @@ class TokenValidator:
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         """The rules again, explicitly and with the injected clock, so that no default
         of python-jose (which accepts a token without ``aud`` or ``exp``) decides."""
-        self._check_times(claims)
+        self._check_times(*_times(claims))
         if claims.get("iss") != self.issuer:
             raise Unauthorized(f"the token was not issued by {self.issuer}")
         if not _has_audience(claims, self.audience):
@@ -483,17 +491,12 @@ class TokenValidator:
             raise Unauthorized(f"the token is of type {kind!r}, not an access token")
 
 
-    def _check_times(self, claims: Mapping[str, Any]) -> None:
+    def _check_times(self, exp: float, nbf: float | None, iat: float | None) -> None:
         now = self._clock()
-        exp = _number(claims, "exp")
-        if exp is None:
-            raise Unauthorized("the token lacks the required claim exp")
         if now >= exp + LEEWAY_SECONDS:
             raise Unauthorized("the token has expired")
-        nbf = _number(claims, "nbf")
         if nbf is not None and nbf > now + LEEWAY_SECONDS:
             raise Unauthorized("the token is not valid yet (nbf)")
-        iat = _number(claims, "iat")
         if iat is not None and iat > now + LEEWAY_SECONDS:
             raise Unauthorized("the token was issued in the future (iat)")
 
@@ -506,6 +509,7 @@ class _Verified:
     kid: str
     key: _TrustedKey
     claims: dict[str, Any]
+    times: tuple[float, float | None, float | None]  # exp, nbf, iat
     principal: Principal | None = None
 
 
