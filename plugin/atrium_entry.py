@@ -136,7 +136,7 @@ def incoming_request_filter(uri: str, method: object, ip: str, headers: dict[str
                             get: object = None) -> bool:
     """Intervention: every HTTP request Orthanc receives, before it is routed.
     ``get`` is passed for GET requests only."""
-    lowered = {str(k).lower(): str(v) for k, v in dict(headers or {}).items()}
+    lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
     _client_ips[threading.get_ident()] = _app.request_filter.client_address(ip, lowered)
     name = _METHODS.get(method, str(method))  # type: ignore[call-overload]
     return _app.request_filter.allow(uri, name, ip, lowered)

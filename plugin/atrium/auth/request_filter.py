@@ -164,9 +164,11 @@ class RequestFilter:
             return False
 
     def _decide(self, uri: str, method: str, ip: str, headers: Mapping[str, str]) -> bool:
+        kind = route_kind(uri, self._dicomweb_root, self._plugin_root)
+        if kind is RouteKind.ATRIUM_API and method != "POST":
+            return True  # Atrium's routes check the caller themselves
         if is_internal_call(headers, ip, self._secret):
             return True
-        kind = route_kind(uri, self._dicomweb_root, self._plugin_root)
         if kind is RouteKind.ATRIUM_API:
             if method == "POST" and is_form_post(headers):
                 # Orthanc would hand each part of the form to the route as a request
