@@ -218,13 +218,15 @@ def main() -> int:
         tile = slide["tile_size"]
         api_rates, direct_rates, library_rates = [], [], []
         api_latency: list[float] = []
-        for n in range(args.rounds):
-            work = random_tiles(levels, tile, args.tiles, seed=n)
-            runs = [("api", api_fetcher(url, f"/api/slides/{slide['id']}/tiles", headers)),
+        fetchers = [("api", api_fetcher(url, f"/api/slides/{slide['id']}/tiles", headers)),
                     ("atrium reader", atrium_reader_fetcher(path)),
                     ("tifffile decode+encode", library_fetcher(path))]
-            if n % 2:
-                runs.reverse()
+        warm_up = random_tiles(levels, tile, args.tiles // 6, seed=-1)
+        for _, fetch in fetchers:  # connections, readers, code paths: none timed cold
+            run_parallel(warm_up, fetch, CLIENTS)
+        for n in range(args.rounds):
+            work = random_tiles(levels, tile, args.tiles, seed=n)
+            runs = fetchers[::-1] if n % 2 else fetchers
             for name, fetch in runs:
                 rate, latencies = run_parallel(work, fetch, CLIENTS)
                 if name == "api":
