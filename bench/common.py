@@ -135,12 +135,17 @@ class KeepAliveClient:
         return self._socket.makefile("rb")
 
     def get(self, path: str) -> tuple[int, bytes]:
-        """The status and body of ``GET path``; answers must carry Content-Length."""
-        if self._socket is None:
-            self._reader = self._connect()
-        assert self._socket is not None
-        self._socket.sendall(f"GET {path} HTTP/1.1\r\n{self._head}\r\n".encode())
-        status_line = self._reader.readline()
+        """The status and body of ``GET path``; answers must carry Content-Length.
+        A kept connection the server has closed meanwhile (its idle timeout) is
+        replaced and the request sent again, as browsers do for a GET."""
+        reused = self._socket is not None
+        try:
+            status_line = self._send(path)
+        except OSError:
+            status_line = b""
+        if not status_line and reused:
+            self.close()
+            status_line = self._send(path)
         if not status_line:
             raise ConnectionError(f"GET {path}: the server closed the connection")
         length, close = None, False
@@ -157,6 +162,14 @@ class KeepAliveClient:
         if close:
             self.close()
         return int(status_line.split()[1]), body
+
+    def _send(self, path: str) -> bytes:
+        if self._socket is None:
+            self._reader = self._connect()
+        assert self._socket is not None
+        self._socket.sendall(f"GET {path} HTTP/1.1\r\n{self._head}\r\n".encode())
+        line: bytes = self._reader.readline()
+        return line
 
     def close(self) -> None:
         if self._socket is not None:
