@@ -9,6 +9,7 @@ are dropped, so no unknown name can ever grant anything.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -88,9 +89,10 @@ class Principal:
     given_name: str | None = None
     family_name: str | None = None
 
-    @property
+    @functools.cached_property
     def permissions(self) -> frozenset[Permission]:
-        """Everything the caller's roles grant, together."""
+        """Everything the caller's roles grant, together (worked out once: a token's
+        principal serves all of its requests)."""
         granted: frozenset[Permission] = frozenset()
         for role in self.roles:
             granted |= ROLE_PERMISSIONS.get(role, frozenset())

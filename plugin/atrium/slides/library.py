@@ -114,29 +114,31 @@ class SlideLibrary:
 
     # ------------------------------------------------------------------- images
 
-    def _cached(self, key: Hashable, render: Callable[[], bytes]) -> bytes:
+    def _cached(self, ref: SlideRef, key: Hashable,
+                render: Callable[[SlideReader], bytes]) -> bytes:
+        """The image cached under ``key`` (which names the slide's version), else
+        rendered with the slide's reader, which a cached image does not need."""
         data = self._tiles.get(key)
         if data is None:
-            data = render()
+            with self._readers.borrow(self._key(ref), lambda: self._open(ref)) as reader:
+                data = render(reader)
             self._tiles.put(key, data)
         return data
 
     def tile(self, ref: SlideRef, level: int, col: int, row: int,
              image_format: ImageFormat) -> bytes:
-        with self._readers.borrow(self._key(ref), lambda: self._open(ref)) as reader:
-            return self._cached((ref.id, ref.version, "tile", level, col, row, image_format),
-                                lambda: reader.tile(level, col, row, image_format))
+        return self._cached(ref, (ref.id, ref.version, "tile", level, col, row, image_format),
+                            lambda reader: reader.tile(level, col, row, image_format))
 
     def dzi_tile(self, ref: SlideRef, dzi_level: int, col: int, row: int,
                  image_format: ImageFormat) -> bytes:
-        with self._readers.borrow(self._key(ref), lambda: self._open(ref)) as reader:
-            return self._cached((ref.id, ref.version, "dzi", dzi_level, col, row, image_format),
-                                lambda: dzi_tile(reader, dzi_level, col, row, image_format))
+        return self._cached(ref, (ref.id, ref.version, "dzi", dzi_level, col, row, image_format),
+                            lambda reader: dzi_tile(reader, dzi_level, col, row, image_format))
 
     def thumbnail(self, ref: SlideRef, max_size: int, image_format: ImageFormat) -> bytes:
-        with self._readers.borrow(self._key(ref), lambda: self._open(ref)) as reader:
-            return self._cached((ref.id, ref.version, "thumbnail", max_size, image_format),
-                                lambda: encode_image(thumbnail(reader, max_size), image_format))
+        return self._cached(ref, (ref.id, ref.version, "thumbnail", max_size, image_format),
+                            lambda reader: encode_image(thumbnail(reader, max_size),
+                                                        image_format))
 
     def region(self, ref: SlideRef, level: int, x: int, y: int, width: int, height: int,
                image_format: ImageFormat) -> bytes:
