@@ -54,6 +54,7 @@ from atrium.callback_refs import leaky_version, releasing  # noqa: E402
 from atrium.orthanc_api import SdkOrthancApi  # noqa: E402
 from atrium.rest_output import write_answer as _answer  # noqa: E402
 from atrium.settings import PUBLIC_DICOMWEB_ROOT, SettingsError, load_settings  # noqa: E402
+from atrium.thread_state import keep_python_state  # noqa: E402
 
 
 class _OrthancLogHandler(logging.Handler):
@@ -121,9 +122,8 @@ def on_change(change_type: object, level: object, resource_id: str) -> None:
 
 # Orthanc gives the connection's address to the request filter only; the client's
 # (through trusted proxies: atrium.auth.client_address) is kept here for the route
-# that serves the request, which runs next on the same HTTP thread. Keyed
-# by the thread's id, not a threading.local: Orthanc's threads are not Python's, and
-# the plugin drops a thread's Python state (and its locals) after each callback.
+# that serves the request, which runs next on the same HTTP thread. Keyed by the
+# thread's id: the filter overwrites it on each request, whatever came before.
 _client_ips: dict[int, str] = {}
 
 _METHODS = {
@@ -136,6 +136,7 @@ def incoming_request_filter(uri: str, method: object, ip: str, headers: dict[str
                             get: object = None) -> bool:
     """Intervention: every HTTP request Orthanc receives, before it is routed.
     ``get`` is passed for GET requests only."""
+    keep_python_state()  # an HTTP thread lives as long as Orthanc (atrium.thread_state)
     lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
     _client_ips[threading.get_ident()] = _app.request_filter.client_address(ip, lowered)
     name = _METHODS.get(method, str(method))  # type: ignore[call-overload]
