@@ -2,7 +2,8 @@
 
 A slide can be tens of gigabytes in S3; a tile is tens of kilobytes of it. Readers
 see a :class:`ByteSource` (a size and ``read(offset, length)``), which for stored
-slides is :class:`StoreSource`: one ranged GET of object storage per read.
+slides is :class:`StoreSource`: one ranged GET of object storage per read, or, in
+the file store, one ``pread`` of the file it opened on its first read.
 
 Parsers that expect a file (tifffile) get :class:`SourceFile`, a read-only
 file-like view with a small block cache: TIFF headers are many small reads close
