@@ -43,7 +43,7 @@ from atrium.api import (
 )
 from atrium.api import annotations as annotation_routes  # not `annotations`: __future__
 from atrium.api import metrics as metrics_routes  # not `metrics`: Atrium.metrics
-from atrium.api.http import Router
+from atrium.api.http import Route, Router
 from atrium.api.scope import SourceOrganizations
 from atrium.auth.guard import AuthGuard, Identities
 from atrium.auth.internal import INTERNAL_HEADER, internal_secret
@@ -304,6 +304,19 @@ def operations_tasks(app: Atrium, ready: Callable[[], bool]
                                       ready=ready, at_stop=anchorer.anchor)
 
 
+_ROUTE_MODULES = (health, mirror_status, metrics_routes, openapi, me, organizations, users,
+                  patients, studies, jobs, instances, audit, audit_export, models, predictions,
+                  annotation_routes, annotation_reports, slide_annotation_reports, uploads,
+                  slides, recordings, slide_viewer, viewer)
+
+
+def api_routes(app: Any) -> list[Route]:
+    """Every route of Atrium's API, in the order the OpenAPI document lists them.
+    Declaring them reads only ``app.settings`` (and ``app.slides``, ``app.bus``):
+    handlers use the rest of ``app`` when called."""
+    return [route for module in _ROUTE_MODULES for route in module.routes(app)]
+
+
 @dataclass
 class Atrium:
     settings: Settings
@@ -424,27 +437,7 @@ class Atrium:
                                   limits=dicom_limits(settings), observe=metrics.observe_request),
                   reader, deidentifier, upload_store, identities, metrics=metrics, bus=bus)
         app.slides = SlideLibrary(store, open_dicom=dicom_slides(pool, reader))
-        app.router = Router([*health.routes(app), *mirror_status.routes(app),
-                             *metrics_routes.routes(app),
-                             *openapi.routes(app), *me.routes(app),
-                             *organizations.routes(app),
-                             *users.routes(app),
-                             *patients.routes(app),
-                             *studies.routes(app),
-                             *jobs.routes(app),
-                             *instances.routes(app),
-                             *audit.routes(app),
-                             *audit_export.routes(app),
-                             *models.routes(app),
-                             *predictions.routes(app),
-                             *annotation_routes.routes(app),
-                             *annotation_reports.routes(app),
-                             *slide_annotation_reports.routes(app),
-                             *uploads.routes(app),
-                             *slides.routes(app),
-                             *recordings.routes(app),
-                             *slide_viewer.routes(app),
-                             *viewer.routes(app)],
+        app.router = Router(api_routes(app),
                             guard=metrics_routes.scrape_token_guard(guard, settings.metrics_token))
         app.api = AuditedApi(app.router, pool.connection, observe=app.metrics.observe_request)
         app.viewer_site = viewer.ohif_site(settings)

@@ -6,38 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from unittest.mock import MagicMock
 
-from atrium.api import (
-    annotation_reports,
-    annotations,
-    audit,
-    audit_export,
-    health,
-    instances,
-    jobs,
-    me,
-    mirror_status,
-    models,
-    openapi,
-    organizations,
-    patients,
-    predictions,
-    recordings,
-    slide_annotation_reports,
-    slide_viewer,
-    slides,
-    studies,
-    uploads,
-    users,
-    viewer,
-)
-from atrium.api import metrics as metrics_routes
 from atrium.api.http import Route
+from atrium.app import api_routes
 from atrium.settings import load_settings
-
-MODULES = [health, mirror_status, metrics_routes, openapi, me, organizations, users, patients,
-           studies, jobs, instances, audit, audit_export, models, predictions, annotations,
-           annotation_reports, slide_annotation_reports, uploads, slides, recordings,
-           slide_viewer, viewer]
 
 
 def app_routes(data_dir: Path) -> list[Route]:
@@ -45,4 +16,4 @@ def app_routes(data_dir: Path) -> list[Route]:
     app.settings = load_settings({}, {"ATRIUM_DATA_DIR": str(data_dir),
                                       "ATRIUM_DATABASE_URL": "postgresql://a@127.0.0.1/a"},
                                  cwd=data_dir)
-    return [route for module in MODULES for route in module.routes(app)]
+    return api_routes(app)
