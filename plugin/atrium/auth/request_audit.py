@@ -50,17 +50,25 @@ def _uuid(value: Any) -> uuid.UUID | None:
         return None
 
 
+def _resource(resource_type: str | None, resource_id: Any
+              ) -> tuple[str | None, uuid.UUID | None]:
+    """The resource columns of an audit row, as stored."""
+    return (resource_type[:100] if resource_type else None,
+            _uuid(resource_id) if resource_id is not None else None)
+
+
 def audit_event(*, action: str, caller: Caller | None, status: int, client_ip: str,
                 headers: Mapping[str, str], resource_type: str | None = None,
                 resource_id: Any = None, phi: bool = False, **details: Any) -> AuditEvent:
     """The audit row of one HTTP request, from whichever route kind served it."""
+    resource_type, resource_id = _resource(resource_type, resource_id)
     return AuditEvent(
         action=action[:100],
         user_id=caller.user_id if caller else None,
         keycloak_id=caller.principal.keycloak_id[:255] if caller else None,
         organization_id=caller.organization_id if caller else None,
-        resource_type=resource_type[:100] if resource_type else None,
-        resource_id=_uuid(resource_id) if resource_id is not None else None,
+        resource_type=resource_type,
+        resource_id=resource_id,
         ip_address=_address(client_ip),
         user_agent=headers.get("user-agent", "")[:1000] or None,
         details={"status": status, **details},
@@ -229,7 +237,6 @@ class AuditedApi:
 
         if route is not None and route.coalesce_audit and response.status < 400 and caller:
             key = (caller.user_id, caller.principal.keycloak_id,
-                   resource_type[:100] if resource_type else None,
-                   _uuid(resource_id) if resource_id is not None else None)
+                   *_resource(resource_type, resource_id))
             return self.coalesced.answer(key, event, response)
         return recorded_or_withheld(self._connect, event(), response)
