@@ -24,13 +24,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from atrium.balancer import NODE_HEADER, Balancer, Node, haproxy_binary, haproxy_config
+from atrium.balancer import HEALTH_PATH, NODE_HEADER, Balancer, Node, haproxy_binary, haproxy_config
 from atrium.devenv import REPO_ROOT, LocalCluster, OrthancProcess, orthanc_config
 from atrium.pgserver import Databases, StartupError, grant_runtime, prepare
 from atrium.settings import Settings
@@ -290,6 +291,7 @@ def _start_nodes(settings: Settings, base_config: Mapping[str, Any],
         except (RuntimeError, TimeoutError) as exc:
             raise StartupError(f"Orthanc {name} did not start: "
                                f"{_orthanc_error(orthanc, exc)}; see {orthanc.logfile}") from exc
+        wait_healthy(name, orthanc, _NODE_START_SECONDS)
         print(f"atrium: {name} on {orthanc.url} (DICOM {orthanc.config['DicomPort']})",
               flush=True)
     config_text = haproxy_config(
@@ -357,6 +359,32 @@ def _port_taken(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def wait_healthy(name: str, orthanc: OrthancProcess, timeout: float) -> None:
+    """Until the node's health answers 200: the balancer keeps a node out of rotation
+    before that, so "running" is said only of nodes that can take requests. A node
+    answers 503 for a moment after it starts (its mirror's first pass, a database
+    connection the pool is still opening)."""
+    import requests
+
+    said = "no answer"
+    deadline = time.monotonic() + timeout
+    while True:
+        if orthanc.proc is not None and orthanc.proc.poll() is not None:
+            raise StartupError(f"Orthanc {name} exited ({orthanc.proc.returncode}); "
+                               f"see {orthanc.logfile}")
+        try:
+            reply = requests.get(f"{orthanc.url}{HEALTH_PATH}", timeout=5)
+            if reply.status_code == 200:
+                return
+            said = reply.text[:300]
+        except requests.RequestException as exc:
+            said = type(exc).__name__
+        if time.monotonic() > deadline:
+            raise StartupError(f"Orthanc {name} started but its health did not turn ok "
+                               f"within {timeout:.0f}s ({said}); see {orthanc.logfile}")
+        time.sleep(0.2)
 
 
 def _orthanc_error(orthanc: OrthancProcess, exc: BaseException) -> str:

@@ -77,8 +77,10 @@ def cluster(workspace: Path) -> Iterator[Cluster]:
                             stdout=log.open("wb"), stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        wait_until(lambda: "Atrium is running on 2 nodes" in log.read_text(), 150,
+        running = "Atrium is running on 2 nodes"
+        wait_until(lambda: running in log.read_text() or proc.poll() is not None, 240,
                    what=f"`atrium run --nodes 2` to start (log {log})")
+        assert running in log.read_text(), log.read_text()[-3000:]
         nodes = {name: url for name, url, _ in NODE_LINE.findall(log.read_text())}
         assert sorted(nodes) == ["node-1", "node-2"], log.read_text()
         yield Cluster(proc, env, data_dir, log, nodes)
@@ -96,7 +98,8 @@ def cluster(workspace: Path) -> Iterator[Cluster]:
 def test_both_nodes_serve_and_the_balancer_spreads_requests_over_them(
         cluster: Cluster) -> None:
     for url in cluster.nodes.values():
-        assert requests.get(f"{url}/api/health", timeout=10).status_code == 200
+        health = requests.get(f"{url}/api/health", timeout=10)
+        assert health.status_code == 200, (url, health.text)
     # No cookie jar: a browser would stay on one node (the dev sign-in's state).
     answered = []
     for _ in range(6):

@@ -6,6 +6,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +21,8 @@ from atrium.auth.internal import internal_secret
 from atrium.auth.tokens import validator_for
 from atrium.balancer import NODE_HEADER, Node, haproxy_config
 from atrium.cli import main
-from atrium.pgserver import Databases
-from atrium.runner import node_configs, node_dir, share_keys
+from atrium.pgserver import Databases, StartupError
+from atrium.runner import node_configs, node_dir, share_keys, wait_healthy
 from atrium.settings import Settings, load_settings
 
 NODES = [Node("node-1", 41001, 42001), Node("node-2", 41002, 42002)]
@@ -177,3 +181,67 @@ def test_a_wrong_node_count_is_refused(nodes: str, capsys: pytest.CaptureFixture
         main(["run", "--nodes", nodes])
     assert exited.value.code == 2
     assert "--nodes" in capsys.readouterr().err
+
+
+class _Health(BaseHTTPRequestHandler):
+    """Answers ``/api/health`` with the statuses queued on the server, then 200."""
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        queued: list[int] = self.server.statuses  # type: ignore[attr-defined]
+        status = queued.pop(0) if queued else 200
+        body = b'{"status": "degraded", "checks": {"mirror": {"status": "degraded"}}}' \
+            if status != 200 else b'{"status": "ok"}'
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: Any) -> None:
+        pass
+
+
+@dataclass
+class _Node:
+    """What the health wait reads of a node: its URL, process and log."""
+    url: str
+    logfile: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+
+@pytest.fixture
+def health_server() -> Iterator[ThreadingHTTPServer]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+    server.statuses = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_node_is_announced_once_its_health_turns_ok(
+        health_server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    health_server.statuses = [503, 503]  # type: ignore[attr-defined]
+    node = _Node(f"http://127.0.0.1:{health_server.server_port}", tmp_path / "orthanc.log")
+    wait_healthy("node-1", node, timeout=30)  # type: ignore[arg-type]
+    assert health_server.statuses == []  # type: ignore[attr-defined]
+
+
+def test_a_node_whose_health_stays_down_stops_the_start_with_what_it_said(
+        health_server: ThreadingHTTPServer, tmp_path: Path) -> None:
+    health_server.statuses = [503] * 1000  # type: ignore[attr-defined]
+    node = _Node(f"http://127.0.0.1:{health_server.server_port}", tmp_path / "orthanc.log")
+    with pytest.raises(StartupError) as raised:
+        wait_healthy("node-2", node, timeout=0.5)  # type: ignore[arg-type]
+    said = str(raised.value)
+    assert "node-2" in said and '"mirror": {"status": "degraded"}' in said
+    assert str(tmp_path / "orthanc.log") in said
+
+
+def test_a_node_that_exits_before_it_is_healthy_is_reported_at_once(
+        tmp_path: Path) -> None:
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    node = _Node("http://127.0.0.1:9", tmp_path / "orthanc.log", exited)
+    with pytest.raises(StartupError, match="node-1 exited"):
+        wait_healthy("node-1", node, timeout=60)  # type: ignore[arg-type]
