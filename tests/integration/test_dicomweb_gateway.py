@@ -82,6 +82,68 @@ def test_qido_lists_only_the_callers_studies(atrium: AtriumUnderTest,
     assert across == []
 
 
+def uids_of(answer: list[dict], tag: str) -> list[str]:
+    return [item[tag]["Value"][0] for item in answer]
+
+
+def mirrored_uids(atrium: AtriumUnderTest, specs: list[StudySpec]) -> tuple[set[str], set[str]]:
+    """The series and the instance UIDs the mirror holds for these studies."""
+    rows = atrium.sql(
+        "SELECT se.series_instance_uid, i.sop_instance_uid FROM instances i "
+        "JOIN series se ON se.id = i.series_id JOIN studies s ON s.id = se.study_id "
+        "WHERE s.study_instance_uid = ANY(%s)", ([spec.study_uid for spec in specs],))
+    return {series for series, _ in rows}, {sop for _, sop in rows}
+
+
+def test_series_and_instance_searches_find_exactly_the_callers_items(
+        atrium: AtriumUnderTest, studies: dict[str, StudySpec]) -> None:
+    """Answered from the mirror's page of the caller's items, never from a search of
+    all of Orthanc: complete, in scope, paged with the standard's Warning."""
+    mine_series, mine_instances = mirrored_uids(
+        atrium, [studies["a_identified"], studies["a_deidentified"]])
+    theirs_series, theirs_instances = mirrored_uids(atrium, [studies["b_identified"]])
+    assert (len(mine_series), len(mine_instances)) == (3, 6)
+    a = client(atrium, "clinician", ORG_A)
+    assert sorted(uids_of(a.search_for_series(), "0020000E")) == sorted(mine_series)
+    assert sorted(uids_of(a.search_for_instances(), "00080018")) == sorted(mine_instances)
+    b = client(atrium, "clinician", ORG_B)
+    assert set(uids_of(b.search_for_series(), "0020000E")) == theirs_series
+    # Matching keys at the series and instance levels, inside the scope only.
+    one = sorted(mine_series)[0]
+    assert uids_of(a.search_for_series(search_filters={"SeriesInstanceUID": one}),
+                   "0020000E") == [one]
+    assert a.search_for_series(
+        search_filters={"SeriesInstanceUID": next(iter(theirs_series))}) == []
+    assert a.search_for_instances(
+        search_filters={"SOPInstanceUID": ",".join(theirs_instances)}) == []
+    assert a.search_for_series(search_filters={"Modality": "MR"}) == []
+    assert len(a.search_for_series(search_filters={"Modality": "C?"})) == 3
+    in_study = a.search_for_instances(
+        search_filters={"StudyInstanceUID": studies["a_deidentified"].study_uid})
+    assert len(in_study) == 2
+    numbered = a.search_for_instances(search_filters={"InstanceNumber": "1"})
+    assert len(numbered) == 3 and all(item["00200013"]["Value"] == [1] for item in numbered)
+    # Pages: complete and without repeats; a full page says more can be asked for.
+    url, headers = f"{atrium.url}/dicom-web/instances", atrium.auth("clinician", ORG_A)
+    pages, warnings = [], []
+    for offset in (0, 4):
+        reply = requests.get(url, params={"limit": "4", "offset": str(offset)},
+                             headers=headers, timeout=30)
+        assert reply.status_code == 200, reply.text
+        pages.append(uids_of(reply.json(), "00080018"))
+        warnings.append(reply.headers.get("Warning", ""))
+    assert [len(page) for page in pages] == [4, 2]
+    assert sorted(pages[0] + pages[1]) == sorted(mine_instances)
+    assert "additional results" in warnings[0] and warnings[1] == ""
+    # A researcher's series are those of de-identified patients only.
+    researcher = client(atrium, "researcher", ORG_A)
+    deidentified_series, _ = mirrored_uids(atrium, [studies["a_deidentified"]])
+    assert set(uids_of(researcher.search_for_series(), "0020000E")) == deidentified_series
+    refused = requests.get(f"{atrium.url}/dicom-web/series", params={"SeriesNumber": "x"},
+                           headers=headers, timeout=30)
+    assert refused.status_code == 400 and "SeriesNumber" in refused.text
+
+
 def test_ohifs_calls_open_exactly_the_callers_studies(atrium: AtriumUnderTest,
                                                       studies: dict[str, StudySpec]) -> None:
     """QIDO studies and series, WADO-RS series metadata, then frames: what OHIF

@@ -195,10 +195,13 @@ def test_a_file_nested_to_the_limit_passes_every_door_that_parses_on_an_http_thr
     assert stored.status_code == 200, stored.text[:300]
     study = str(pydicom.dcmread(io.BytesIO(blob), stop_before_pixels=True).StudyInstanceUID)
     # The plugin parses the whole file for an includefield (and leaves sequences out).
+    # The gateway asks it only for instances the mirror has.
+    atrium.wait_mirrored([sop_uid(blob)])
     found = requests.get(f"{atrium.url}/dicom-web/instances", timeout=60,
                          headers=atrium.auth("admin"),
                          params={"StudyInstanceUID": study, "includefield": "0040A730"})
     assert found.status_code == 200, found.text[:300]
+    assert [item["00080018"]["Value"][0] for item in found.json()] == [sop_uid(blob)]
     orthanc_id = requests.post(f"{atrium.url}/tools/lookup", data=sop_uid(blob), timeout=60,
                                headers=atrium.internal_headers).json()[0]["ID"]
     tags = requests.get(f"{atrium.url}/instances/{orthanc_id}/tags?short", timeout=60,

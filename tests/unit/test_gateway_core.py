@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,16 @@ from atrium.dicomweb.gateway import (
     _multipart_parts,
     route_template,
 )
-from atrium.dicomweb.qido import parse_study_query, split_uids, wildcard_to_like
+from atrium.dicomweb.qido import (
+    INSTANCES,
+    SERIES,
+    STUDIES,
+    Level,
+    page_sql,
+    parse_query,
+    split_uids,
+    wildcard_to_like,
+)
 from atrium.errors import BadRequest, UnsupportedMediaType
 from tests.support.dicomgen import StudySpec, make_study
 
@@ -81,32 +91,73 @@ def test_dicom_wildcards_become_escaped_like_patterns() -> None:
     assert split_uids("1.2,1.3\\1.4, ") == ["1.2", "1.3", "1.4"]
 
 
-def render(query: dict[str, str]) -> str:
-    parsed = parse_study_query(query)
+def render(query: dict[str, str], level: Level = STUDIES) -> str:
+    parsed = parse_query(query, level)
     return " AND ".join(c.as_string(None) if isinstance(c, sql.Composed) else str(c)
                         for c in parsed.conditions)
 
 
 def test_qido_keys_by_keyword_or_tag_become_sql_and_the_rest_passes_through() -> None:
-    parsed = parse_study_query({"PatientID": "A*", "00080020": "20240101-20240131",
+    parsed = parse_query({"PatientID": "A*", "00080020": "20240101-20240131",
                                 "includefield": "StudyDescription", "limit": "5",
                                 "offset": "10", "SeriesDescription": "x"})
     assert parsed.params == {"mrn": "A%", "date_from": "2024-01-01", "date_to": "2024-01-31"}
     assert (parsed.limit, parsed.offset) == (5, 10)
     # Keys evaluated in SQL are not asked of the plugin again.
     assert parsed.passthrough == {"includefield": "StudyDescription", "SeriesDescription": "x"}
-    open_ended = parse_study_query({"StudyDate": "-20240131"})
+    open_ended = parse_query({"StudyDate": "-20240131"})
     assert open_ended.params == {"date_to": "2024-01-31"}
-    exact = parse_study_query({"StudyDate": "20240131"})
+    exact = parse_query({"StudyDate": "20240131"})
     assert exact.params == {"date_from": "2024-01-31", "date_to": "2024-01-31"}
-    assert parse_study_query({"limit": "100000"}).limit == 1000
+    assert parse_query({"limit": "100000"}).limit == 1000
 
 
-@pytest.mark.parametrize("query", [{"StudyDate": "yesterday"}, {"StudyDate": "2024-01-01"},
-                                   {"limit": "-1"}, {"offset": "x"}])
-def test_bad_qido_values_are_400(query: dict[str, str]) -> None:
+def test_each_level_evaluates_its_own_keys_and_those_above_it() -> None:
+    query = {"0020000E": "1.2.3,1.2.4", "Modality": "CT\\M?", "SeriesNumber": "7",
+             "SOPInstanceUID": "1.9", "InstanceNumber": "3", "PatientID": "P1",
+             "ModalitiesInStudy": "CT"}
+    studies, series, instances = (parse_query(query, level)
+                                  for level in (STUDIES, SERIES, INSTANCES))
+    # A study search evaluates study keys only; the plugin narrows by the rest.
+    assert set(studies.passthrough) == {"0020000E", "Modality", "SeriesNumber",
+                                        "SOPInstanceUID", "InstanceNumber"}
+    assert studies.params == {"mrn": "P1", "modalities": ["CT"]}
+    assert set(series.passthrough) == {"SOPInstanceUID", "InstanceNumber",
+                                       "ModalitiesInStudy"}
+    assert series.params == {"series_uids": ["1.2.3", "1.2.4"], "modality": ["CT", "M_"],
+                             "series_number": 7, "mrn": "P1"}
+    assert set(instances.passthrough) == {"ModalitiesInStudy"}
+    assert instances.params == {**series.params, "sop_uids": ["1.9"], "instance_number": 3}
+    assert "i.sop_instance_uid = ANY(%(sop_uids)s)" in render(query, INSTANCES)
+    assert "se.modality LIKE ANY(%(modality)s)" in render(query, SERIES)
+
+
+def test_an_empty_key_asks_for_the_attribute_and_matches_everything() -> None:
+    for level in (STUDIES, SERIES, INSTANCES):
+        parsed = parse_query({"StudyInstanceUID": "", "SeriesNumber": ""}, level)
+        assert parsed.conditions == []
+        assert "StudyInstanceUID" not in parsed.passthrough
+
+
+def test_a_page_is_asked_with_one_row_more_than_the_limit() -> None:
+    organization = uuid.uuid4()
+    for level in (STUDIES, SERIES, INSTANCES):
+        statement, params = page_sql(parse_query({"limit": "10", "offset": "20"}, level),
+                                     organization, False)
+        assert (params["limit"], params["offset"], params["org"]) == (11, 20, organization)
+        text = statement.as_string(None)
+        assert "s.organization_id = %(org)s" in text and "p.is_deidentified)" in text
+        assert text.index("ORDER BY") < text.index("LIMIT")
+
+
+@pytest.mark.parametrize(("query", "level"), [
+    ({"StudyDate": "yesterday"}, STUDIES), ({"StudyDate": "2024-01-01"}, STUDIES),
+    ({"limit": "-1"}, STUDIES), ({"offset": "x"}, STUDIES),
+    ({"SeriesNumber": "seven"}, SERIES), ({"InstanceNumber": "1.5"}, INSTANCES),
+    ({"SeriesNumber": "99999999999"}, INSTANCES)])
+def test_bad_qido_values_are_400(query: dict[str, str], level: Level) -> None:
     with pytest.raises(BadRequest):
-        parse_study_query(query)
+        parse_query(query, level)
 
 
 def multipart(parts: list[bytes], boundary: str = "b0undary") -> tuple[bytes, str]:

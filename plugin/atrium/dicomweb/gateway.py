@@ -6,10 +6,10 @@ private root that only Atrium's internal credential reaches, and the public root
 (``/dicom-web/``) is this gateway, which for every request:
 
 1. authenticates the bearer token (401 problem without a valid one);
-2. scopes it: QIDO-RS lists only the caller's organization's studies (and only
-   de-identified ones for roles without PHI access); WADO-RS and series/instance
-   searches inside a study need that study to be in scope (else 404, as if
-   absent); STOW-RS files new studies under the caller's organization and refuses
+2. scopes it: QIDO-RS lists only the caller's organization's studies, series and
+   instances (and only de-identified patients' for roles without PHI access);
+   WADO-RS and searches inside a study need that study to be in scope (else 404,
+   as if absent); STOW-RS files new studies under the caller's organization and refuses
    instances of another organization's study;
 3. forwards to the plugin over loopback, with the caller's ``Accept`` and
    ``Content-Type``, and rewrites the private root into the public one in JSON;
@@ -48,11 +48,12 @@ from atrium.dicomweb.multipart_stream import (
     multipart_type,
 )
 from atrium.dicomweb.qido import (
-    MAX_LIMIT,
-    MAX_OFFSET,
-    paging_value,
-    parse_study_query,
-    study_page_sql,
+    INSTANCES,
+    SERIES,
+    STUDIES,
+    Level,
+    page_sql,
+    parse_query,
 )
 from atrium.errors import (
     ApiError,
@@ -70,7 +71,6 @@ __all__ = ["DicomWebGateway"]
 
 DICOM_JSON = "application/dicom+json"
 UID_LIST_CHUNK = 50  # UIDs per forwarded QIDO: keeps each URL well under 8 kB
-_STUDY_UID_TAG = "0020000D"
 _UID = re.compile(r"^[0-9.]{1,64}$")
 
 _STUDY_IN_SCOPE = """
@@ -78,12 +78,7 @@ SELECT p.is_deidentified FROM studies s JOIN patients p ON p.id = s.patient_id
 WHERE s.study_instance_uid = %(uid)s AND s.organization_id = %(org)s
   AND s.deleted_at IS NULL AND p.deleted_at IS NULL AND (%(phi)s OR p.is_deidentified)
 """
-_STUDIES_IN_SCOPE = """
-SELECT s.study_instance_uid, p.is_deidentified FROM studies s
-JOIN patients p ON p.id = s.patient_id
-WHERE s.study_instance_uid = ANY(%(uids)s) AND s.organization_id = %(org)s
-  AND s.deleted_at IS NULL AND p.deleted_at IS NULL AND (%(phi)s OR p.is_deidentified)
-"""
+_SEARCHES = {"studies": STUDIES, "series": SERIES, "instances": INSTANCES}
 # What recorded_or_withheld hands back when a streamed answer may go out.
 _MAY_GO_OUT = Response(200, b"")
 
@@ -132,8 +127,8 @@ def _streamed(upstream: Upstream) -> MultipartAnswer:
                            upstream.close)
 
 
-def _study_uid_of(answer_item: Mapping[str, Any]) -> str | None:
-    values = (answer_item.get(_STUDY_UID_TAG) or {}).get("Value") or []
+def _uid_of(answer_item: Mapping[str, Any], tag: str) -> str | None:
+    values = (answer_item.get(tag) or {}).get("Value") or []
     return str(values[0]) if values else None
 
 
@@ -265,10 +260,8 @@ class DicomWebGateway:
         if request.method == "GET":
             if not (caller.can(Permission.READ_PHI) or caller.can(Permission.READ_DEIDENTIFIED)):
                 raise Forbidden("Reading images needs a role that reads patient data.")
-            if parts == ["studies"]:
-                return self._search_studies(caller, request)
-            if parts in (["series"], ["instances"]):
-                return self._search_across_studies(caller, request)
+            if len(parts) == 1 and parts[0] in _SEARCHES:
+                return self._search(caller, request, _SEARCHES[parts[0]])
             if len(parts) >= 2 and parts[0] == "studies":
                 return self._within_study(caller, request, parts[1])
             raise NotFound("No such DICOMweb resource.")
@@ -279,44 +272,32 @@ class DicomWebGateway:
         raise MethodNotAllowed(f"{request.method} is not supported here", allowed=allowed)
 
     # -- reads ---------------------------------------------------------------------
-    def _search_studies(self, caller: Caller, request: Request) -> _Answer:
-        query = parse_study_query(request.query)
-        statement, params = study_page_sql(query, caller.organization_id, caller.can_read_phi)
+    def _search(self, caller: Caller, request: Request, level: Level) -> _Answer:
+        """A QIDO-RS search at ``level``: the caller's page from the mirror, then the
+        plugin's answer for exactly those items, in the page's order."""
+        query = parse_query(request.query, level)
+        statement, params = page_sql(query, caller.organization_id, caller.can_read_phi)
         with self._connect() as conn:
-            page = conn.execute(statement, params).fetchall()
+            rows = conn.execute(statement, params).fetchall()
+        page, more = rows[:query.limit], len(rows) > query.limit
+        # PS3.18: a server that returns fewer matches than there are says so.
+        headers = {"Warning": "299 atrium: There are additional results that can be "
+                              "requested"} if more else {}
         if not page:
-            return _Answer(Response(200, b"[]", DICOM_JSON))
+            return _Answer(Response(200, b"[]", DICOM_JSON, headers))
         order = {uid: n for n, (uid, _) in enumerate(page)}
         found: list[dict[str, Any]] = []
         uids = list(order)
         for start in range(0, len(uids), UID_LIST_CHUNK):
             chunk = uids[start:start + UID_LIST_CHUNK]
-            forwarded = self._forward("GET", "/studies", {
-                **query.passthrough, "StudyInstanceUID": ",".join(chunk),
+            forwarded = self._forward("GET", level.path, {
+                **query.passthrough, level.uid_key: ",".join(chunk),
                 "limit": str(len(chunk))}, request.headers)
             found.extend(self._json_list(forwarded))
-        found.sort(key=lambda item: order.get(_study_uid_of(item) or "", len(order)))
-        phi = any(not deidentified for uid, deidentified in page
-                  if uid in {_study_uid_of(item) for item in found})
-        return _Answer(self._json_answer(found), phi=phi)
-
-    def _search_across_studies(self, caller: Caller, request: Request) -> _Answer:
-        """``/series`` and ``/instances`` searches: the plugin's matches, kept to the
-        caller's studies, then paged."""
-        query = {k: v for k, v in request.query.items() if k not in ("limit", "offset")}
-        forwarded = self._forward("GET", request.path, query, request.headers)
-        items = self._json_list(forwarded)
-        uids = sorted({uid for item in items if (uid := _study_uid_of(item))})
-        with self._connect() as conn:
-            scope = dict(conn.execute(_STUDIES_IN_SCOPE, {
-                "uids": uids, "org": caller.organization_id,
-                "phi": caller.can_read_phi}).fetchall())
-        kept = [item for item in items if _study_uid_of(item) in scope]
-        offset = paging_value("offset", request.query.get("offset"), 0, MAX_OFFSET)
-        limit = paging_value("limit", request.query.get("limit"), len(kept), MAX_LIMIT)
-        kept = kept[offset:offset + limit]
-        phi = any(not scope[uid] for item in kept if (uid := _study_uid_of(item)) in scope)
-        return _Answer(self._json_answer(kept), phi=phi)
+        found.sort(key=lambda item: order.get(_uid_of(item, level.uid_tag) or "", len(order)))
+        answered = {_uid_of(item, level.uid_tag) for item in found}
+        phi = any(not deidentified for uid, deidentified in page if uid in answered)
+        return _Answer(replace(self._json_answer(found), headers=headers), phi=phi)
 
     def _within_study(self, caller: Caller, request: Request, study_uid: str) -> _Answer:
         if not _UID.match(study_uid):
