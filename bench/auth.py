@@ -52,14 +52,14 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def timed(session: requests.Session, url: str, headers: dict[str, str], count: int,
-          split: dict[str, list[float]] | None = None) -> list[float]:
+          split: dict[str, list[float]] | None = None, warm: int = 20) -> list[float]:
     """Latencies in ms; with ``split``, the answers' Server-Timing parts as well."""
-    for _ in range(20):  # warm caches and connections
-        session.get(url, headers=headers, timeout=30).raise_for_status()
+    for _ in range(warm):  # warm caches and connections
+        session.get(url, headers=headers, timeout=300).raise_for_status()
     samples = []
     for _ in range(count):
         started = time.perf_counter()
-        answer = session.get(url, headers=headers, timeout=30)
+        answer = session.get(url, headers=headers, timeout=300)
         samples.append((time.perf_counter() - started) * 1000)
         answer.raise_for_status()
         if split is not None:

@@ -63,8 +63,13 @@ def stow(url: str, headers: dict[str, str], blobs: list[bytes]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--studies", type=int, default=2000)
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--studies", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=200,
+                        help="per measure of a small organization's search")
+    parser.add_argument("--slow-requests", type=int, default=5,
+                        help="per measure of a search of all of Orthanc (seconds each)")
+    parser.add_argument("--page-requests", type=int, default=50,
+                        help="per measure of a page of 100")
     args = parser.parse_args()
 
     root, cluster = private_cluster("atrium-bench-qido-")
@@ -112,19 +117,21 @@ def main() -> int:
                         for b in small_blobs}
 
         count, plugin = args.requests, base["DicomWeb"]["Root"].rstrip("/")
+        slow, pages = args.slow_requests, args.page_requests
         with requests.Session() as session:
             answer = session.get(f"{url}/dicom-web/series", headers=clinician, timeout=30)
             found = {item["0020000E"]["Value"][0] for item in answer.json()}
             assert found == small_series, "the small organization's search is not exact"
-            all_series = timed(session, f"{url}{plugin}/series", internal, count)
+            all_series = timed(session, f"{url}{plugin}/series", internal, slow, warm=1)
             small = timed(session, f"{url}/dicom-web/series", clinician, count)
-            all_instances = timed(session, f"{url}{plugin}/instances", internal, count)
+            all_instances = timed(session, f"{url}{plugin}/instances", internal, slow, warm=1)
             small_instances = timed(session, f"{url}/dicom-web/instances", clinician, count)
-            page_plugin = timed(session, f"{url}{plugin}/series?limit=100", internal, count)
-            page_gateway = timed(session, f"{url}/dicom-web/series?limit=100", admin, count)
+            page_plugin = timed(session, f"{url}{plugin}/series?limit=100", internal, pages)
+            page_gateway = timed(session, f"{url}/dicom-web/series?limit=100", admin, pages)
 
-        print(f"requests: {count} per measure, one client, kept-alive connection; Orthanc "
-              f"holds {args.studies + 10} series, the small organization 10")
+        print(f"requests: {count} per small search, {slow} per search of all of Orthanc, "
+              f"{pages} per page of 100; one client, kept-alive connection; Orthanc holds "
+              f"{args.studies + 10} series, the small organization 10")
         print(line("plugin /series, all of Orthanc (forwarded before)", all_series))
         print(line("gateway /series, small organization (10)", small))
         print(line("plugin /instances, all of Orthanc (forwarded before)", all_instances))
