@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import shutil
 import statistics
 import sys
 import time
-import uuid
 from pathlib import Path
 
+import psycopg
 import pydicom
 import requests
 
@@ -40,24 +39,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from atrium.auth.dev_issuer import load_or_create  # noqa: E402
 from atrium.auth.internal import INTERNAL_HEADER, internal_secret  # noqa: E402
-from atrium.devenv import REPO_ROOT, OrthancProcess, orthanc_config  # noqa: E402
-from atrium.migrations import apply_migrations  # noqa: E402
-from bench.auth import cluster_query, line, timed  # noqa: E402
-from bench.common import private_cluster  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from atrium.devenv import LocalCluster  # noqa: E402
+from bench.auth import line, timed  # noqa: E402
+from bench.common import private_cluster, start_atrium, stow_body  # noqa: E402
 from tests.support.dicomgen import StudySpec, make_study  # noqa: E402
 
 SMALL = "Bench Small Clinic"
 
 
 def stow(url: str, headers: dict[str, str], blobs: list[bytes]) -> None:
-    boundary = uuid.uuid4().hex
-    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
-                    + blob + b"\r\n" for blob in blobs) + f"--{boundary}--\r\n".encode()
+    body, content_type = stow_body(blobs)
     requests.post(f"{url}/dicom-web/studies", data=body, timeout=120, headers={
-        **headers, "Accept": "application/dicom+json",
-        "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+        **headers, "Accept": "application/dicom+json", "Content-Type": content_type,
     }).raise_for_status()
+
+
+def mirrored_instances(cluster: LocalCluster) -> int:
+    with psycopg.connect(cluster.url("qido_atrium"), autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM instances").fetchone()
+    return int(row[0]) if row else 0
 
 
 def main() -> int:
@@ -75,21 +75,9 @@ def main() -> int:
     root, cluster = private_cluster("atrium-bench-qido-")
     orthanc = None
     try:
-        cluster.ensure_database("index")
-        cluster.ensure_database("atrium")
-        apply_migrations(cluster.url("atrium"))
-        workdir = root / "orthanc"
-        base = json.loads((REPO_ROOT / "orthanc-config" / "orthanc.json").read_text())
-        config = orthanc_config(
-            base=base, data_dir=workdir, cluster=cluster, index_database="index",
-            http_port=free_port(), dicom_port=free_port(), aet="ATRIUM",
-            atrium={"DatabaseUrl": cluster.url("atrium"),
-                    "StorageUrl": f"file://{workdir / 'objects'}"},
-            python_script=REPO_ROOT / "plugin" / "atrium_entry.py")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ATRIUM_")}
-        orthanc = OrthancProcess(workdir, config, env)
-        orthanc.start()
-        url = orthanc.url
+        orthanc = start_atrium(root, cluster, "qido")
+        url, workdir = orthanc.url, root / "orthanc"
+        plugin_root = orthanc.config["DicomWeb"]["Root"].rstrip("/")
         internal = {INTERNAL_HEADER: internal_secret(workdir)}
         issuer = load_or_create(workdir)
         admin = {"Authorization": f"Bearer {issuer.mint('bench', ['admin'], 'Default')}"}
@@ -107,7 +95,7 @@ def main() -> int:
         stow(url, clinician, small_blobs)
         expected = args.studies + len(small_blobs)
         deadline = time.monotonic() + 300
-        while int(str(cluster_query(cluster, "SELECT count(*) FROM instances"))) < expected:
+        while mirrored_instances(cluster) < expected:
             if time.monotonic() > deadline:
                 raise SystemExit("the mirror did not catch up within 300 s")
             time.sleep(1)
@@ -116,7 +104,7 @@ def main() -> int:
         small_series = {str(pydicom.dcmread(io.BytesIO(b)).SeriesInstanceUID)
                         for b in small_blobs}
 
-        count, plugin = args.requests, base["DicomWeb"]["Root"].rstrip("/")
+        count, plugin = args.requests, plugin_root
         slow, pages = args.slow_requests, args.page_requests
         with requests.Session() as session:
             answer = session.get(f"{url}/dicom-web/series", headers=clinician, timeout=30)
