@@ -47,14 +47,7 @@ from atrium.dicomweb.multipart_stream import (
     iter_parts,
     multipart_type,
 )
-from atrium.dicomweb.qido import (
-    INSTANCES,
-    SERIES,
-    STUDIES,
-    Level,
-    page_sql,
-    parse_query,
-)
+from atrium.dicomweb.qido import LEVELS, Level, page_sql, parse_query
 from atrium.errors import (
     ApiError,
     BadRequest,
@@ -78,7 +71,7 @@ SELECT p.is_deidentified FROM studies s JOIN patients p ON p.id = s.patient_id
 WHERE s.study_instance_uid = %(uid)s AND s.organization_id = %(org)s
   AND s.deleted_at IS NULL AND p.deleted_at IS NULL AND (%(phi)s OR p.is_deidentified)
 """
-_SEARCHES = {"studies": STUDIES, "series": SERIES, "instances": INSTANCES}
+_SEARCHES = {level.path.strip("/"): level for level in LEVELS}
 # What recorded_or_withheld hands back when a streamed answer may go out.
 _MAY_GO_OUT = Response(200, b"")
 
@@ -283,8 +276,6 @@ class DicomWebGateway:
         # PS3.18: a server that returns fewer matches than there are says so.
         headers = {"Warning": "299 atrium: There are additional results that can be "
                               "requested"} if more else {}
-        if not page:
-            return _Answer(Response(200, b"[]", DICOM_JSON, headers))
         order = {uid: n for n, (uid, _) in enumerate(page)}
         found: list[dict[str, Any]] = []
         uids = list(order)

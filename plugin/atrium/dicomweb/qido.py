@@ -22,7 +22,7 @@ from psycopg import sql
 
 from atrium.errors import BadRequest
 
-__all__ = ["INSTANCES", "SERIES", "STUDIES", "Level", "QidoQuery", "page_sql",
+__all__ = ["INSTANCES", "LEVELS", "SERIES", "STUDIES", "Level", "QidoQuery", "page_sql",
            "paging_value", "parse_query", "split_uids", "wildcard_to_like"]
 
 # Keys by keyword or by tag, as QIDO-RS allows both.
@@ -36,6 +36,7 @@ _PAGING = {"limit", "offset"}
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 MAX_OFFSET = 10_000_000
+
 
 def split_uids(value: str) -> list[str]:
     """A UID list as QIDO writes it: separated by ``,`` or ``\\``."""
@@ -159,23 +160,24 @@ INSTANCES = Level(
     "s.study_date DESC NULLS LAST, s.id, se.series_number NULLS LAST, se.id, "
     "i.instance_number NULLS LAST, i.id")
 
-_ALL = frozenset({STUDIES.path, SERIES.path, INSTANCES.path})
-_BELOW_STUDY = frozenset({SERIES.path, INSTANCES.path})
-_KEYS: dict[str, tuple[frozenset[str], _Condition]] = {
+LEVELS = (STUDIES, SERIES, INSTANCES)
+_ALL = frozenset(LEVELS)
+_BELOW_STUDY = frozenset({SERIES, INSTANCES})
+_KEYS: dict[str, tuple[frozenset[Level], _Condition]] = {
     "StudyInstanceUID": (_ALL, _uid_list("s.study_instance_uid", "study_uids")),
     "PatientID": (_ALL, _like("p.patient_id", "mrn")),
     "AccessionNumber": (_ALL, _like("s.accession_number", "accession")),
     "PatientName": (_ALL, _like("(p.metadata->>'PatientName')", "name", "ILIKE")),
     "StudyDescription": (_ALL, _like("s.study_description", "description", "ILIKE")),
     "StudyDate": (_ALL, _study_date),
-    "ModalitiesInStudy": (frozenset({STUDIES.path}), _modalities_in_study),
+    "ModalitiesInStudy": (frozenset({STUDIES}), _modalities_in_study),
     "SeriesInstanceUID": (_BELOW_STUDY, _uid_list("se.series_instance_uid", "series_uids")),
     "Modality": (_BELOW_STUDY, _modality),
     "SeriesNumber": (_BELOW_STUDY, _number("se.series_number", "series_number",
                                            "SeriesNumber")),
-    "SOPInstanceUID": (frozenset({INSTANCES.path}),
+    "SOPInstanceUID": (frozenset({INSTANCES}),
                        _uid_list("i.sop_instance_uid", "sop_uids")),
-    "InstanceNumber": (frozenset({INSTANCES.path}),
+    "InstanceNumber": (frozenset({INSTANCES}),
                        _number("i.instance_number", "instance_number", "InstanceNumber")),
 }
 
@@ -203,7 +205,7 @@ def parse_query(query: Mapping[str, str], level: Level = STUDIES) -> QidoQuery:
         if key in _PAGING:
             continue
         levels, condition = _KEYS.get(key, (frozenset(), None))
-        if condition is None or level.path not in levels:
+        if condition is None or level not in levels:
             passthrough[raw_key] = value
         elif value:
             conditions.append(condition(value, params))
