@@ -364,8 +364,9 @@ def _port_taken(port: int) -> bool:
 def wait_healthy(name: str, orthanc: OrthancProcess, timeout: float) -> None:
     """Until the node's health answers 200: the balancer keeps a node out of rotation
     before that, so "running" is said only of nodes that can take requests. A node
-    answers 503 for a moment after it starts (its mirror's first pass, a database
-    connection the pool is still opening)."""
+    that answered ``/system`` has been seen to answer 503 here just after (which
+    check said so was not recorded); if one stays down, the start says what it
+    reported."""
     import requests
 
     said = "no answer"
